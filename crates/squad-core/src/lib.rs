@@ -1,0 +1,12 @@
+//! Shared code for the squad-qa pipeline stages: the pipeline config, the Parquet schemas
+//! (one definition per file, used by writer and reader alike) and atomic file IO.
+
+pub mod config;
+pub mod error;
+pub mod examples;
+pub mod fsutil;
+pub mod parquet_io;
+
+pub use config::PipelineConfig;
+pub use error::{Error, Result};
+pub use examples::Example;
