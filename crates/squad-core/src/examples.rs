@@ -148,21 +148,7 @@ pub fn write(path: &Path, examples: &[Example], metadata: &Metadata) -> Result<(
 /// Reads an examples file, rejecting files of another kind with a clear message.
 pub fn read(path: &Path) -> Result<(Vec<Example>, Metadata)> {
     let (df, metadata) = parquet_io::read_parquet(path)?;
-    match metadata.get(meta::KIND).map(String::as_str) {
-        Some(meta::KIND_VALUE) => {}
-        Some(other) => {
-            return Err(Error::schema(
-                path,
-                format!("this is a `{other}` file, expected an examples file (made by squad-ingest)"),
-            ))
-        }
-        None => {
-            return Err(Error::schema(
-                path,
-                "no squad_qa.kind metadata: not an examples file made by squad-ingest",
-            ))
-        }
-    }
+    parquet_io::expect_kind(path, &metadata, meta::KIND_VALUE, "squad-ingest")?;
     Ok((from_frame(path, &df)?, metadata))
 }
 

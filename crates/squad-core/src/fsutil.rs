@@ -76,6 +76,17 @@ where
     Ok(())
 }
 
+/// A file beside a Parquet output: `runs/x/train.examples.parquet` + `stats.json` →
+/// `runs/x/train.examples.stats.json`.
+pub fn sibling_path(output: &Path, suffix: &str) -> std::path::PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".parquet").unwrap_or(&name);
+    output.with_file_name(format!("{stem}.{suffix}"))
+}
+
 pub fn write_atomic_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |f| f.write_all(bytes))
 }

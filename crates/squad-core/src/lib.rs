@@ -4,9 +4,11 @@
 pub mod config;
 pub mod error;
 pub mod examples;
+pub mod features;
 pub mod fsutil;
 pub mod parquet_io;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
 pub use examples::Example;
+pub use features::Feature;

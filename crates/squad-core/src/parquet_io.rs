@@ -58,6 +58,21 @@ fn footer_metadata(path: &Path, reader: &mut ParquetReader<File>) -> Result<Meta
         .collect())
 }
 
+/// Fails unless the file's `squad_qa.kind` metadata is `kind` (made by `producer`).
+pub fn expect_kind(path: &Path, metadata: &Metadata, kind: &str, producer: &str) -> Result<()> {
+    match metadata.get(crate::examples::meta::KIND).map(String::as_str) {
+        Some(k) if k == kind => Ok(()),
+        Some(other) => Err(Error::schema(
+            path,
+            format!("this is a `{other}` file, expected a `{kind}` file (made by {producer})"),
+        )),
+        None => Err(Error::schema(
+            path,
+            format!("no squad_qa.kind metadata: not a `{kind}` file made by {producer}"),
+        )),
+    }
+}
+
 fn parquet_error(path: &Path, e: PolarsError) -> Error {
     Error::Parquet {
         path: path.to_path_buf(),
@@ -111,6 +126,15 @@ impl<'a> Columns<'a> {
     pub fn bools(&self, name: &str) -> Result<Vec<bool>> {
         let s = self.column(name)?;
         let ca = s.bool().map_err(|_| self.wrong_type(name, "bool", s.dtype()))?;
+        ca.iter()
+            .enumerate()
+            .map(|(row, v)| v.ok_or_else(|| self.null_in(name, row)))
+            .collect()
+    }
+
+    pub fn i32s(&self, name: &str) -> Result<Vec<i32>> {
+        let s = self.column(name)?;
+        let ca = s.i32().map_err(|_| self.wrong_type(name, "i32", s.dtype()))?;
         ca.iter()
             .enumerate()
             .map(|(row, v)| v.ok_or_else(|| self.null_in(name, row)))

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use squad_core::examples::{self, meta};
-use squad_core::fsutil::{read_maybe_gzip, sha256_hex, write_atomic_bytes};
+use squad_core::fsutil::{read_maybe_gzip, sha256_hex, sibling_path, write_atomic_bytes};
 use squad_core::parquet_io::Metadata;
 use squad_core::Example;
 
@@ -156,16 +156,6 @@ fn source_name(path: &Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// `runs/x/train.examples.parquet` → `runs/x/train.examples.<suffix>`.
-pub fn sibling_path(output: &Path, suffix: &str) -> PathBuf {
-    let stem = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = stem.strip_suffix(".parquet").unwrap_or(&stem);
-    output.with_file_name(format!("{stem}.{suffix}"))
 }
 
 /// Writes the examples Parquet (with provenance metadata) and its stats JSON; returns the

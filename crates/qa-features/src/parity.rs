@@ -1,0 +1,91 @@
+//! Feature-by-feature comparison with the HF oracle's Parquet (`ref_features.py`: padded
+//! sequences, `start_positions`/`end_positions` or `offset_start`/`offset_end`,
+//! `overflow_to_sample_mapping`). Used by the parity tests and `qa-features compare`.
+
+use std::path::Path;
+
+use serde::Serialize;
+use squad_core::features::FeatureSplit;
+use squad_core::parquet_io::{read_parquet, Columns};
+use squad_core::Feature;
+
+#[derive(Debug, Default, Serialize)]
+pub struct ParityReport {
+    pub features: usize,
+    /// Differences other than the documented edge case (first 20).
+    pub mismatches: Vec<String>,
+    pub mismatch_count: usize,
+    /// Train features where HF's start label is max_length - 1 (> end) and ours is the
+    /// real answer start: (example id, window, HF start/end, our start/end).
+    pub hf_edge_cases: Vec<(String, u32, (i32, i32), (i32, i32))>,
+}
+
+impl ParityReport {
+    pub fn is_exact(&self) -> bool {
+        self.mismatch_count == 0
+    }
+
+    fn mismatch(&mut self, what: String) {
+        self.mismatch_count += 1;
+        if self.mismatches.len() < 20 {
+            self.mismatches.push(what);
+        }
+    }
+}
+
+/// Compares `ours` with the oracle file at `reference`.
+pub fn compare(ours: &[Feature], split: FeatureSplit, reference: &Path) -> squad_core::Result<ParityReport> {
+    let (df, _) = read_parquet(reference)?;
+    let c = Columns::new(reference, &df);
+    let ids = c.strings("example_id")?;
+    let mapping = c.i32s("overflow_to_sample_mapping")?;
+    let input_ids = c.i32_lists("input_ids")?;
+    let types = c.i32_lists("token_type_ids")?;
+    let mask = c.i32_lists("attention_mask")?;
+    let mut report = ParityReport { features: ours.len(), ..Default::default() };
+    if ids.len() != ours.len() {
+        report.mismatch(format!("{} features here, {} in the reference", ours.len(), ids.len()));
+        return Ok(report);
+    }
+    let (labels, offsets) = match split {
+        FeatureSplit::Train => (Some((c.i32s("start_positions")?, c.i32s("end_positions")?)), None),
+        FeatureSplit::Eval => (None, Some((c.i32_lists("offset_start")?, c.i32_lists("offset_end")?))),
+    };
+    for (i, f) in ours.iter().enumerate() {
+        let at = format!("feature {i} ({} window {})", f.example_id, f.window_index);
+        let n = mask[i].iter().filter(|&&m| m == 1).count();
+        if f.example_id != ids[i] || f.example_index as i32 != mapping[i] {
+            report.mismatch(format!("{at}: example {} #{} in the reference", ids[i], mapping[i]));
+            continue;
+        }
+        if f.len() != n || mask[i][..n].iter().any(|&m| m != 1) {
+            report.mismatch(format!("{at}: {} tokens, reference {n}", f.len()));
+            continue;
+        }
+        if f.input_ids[..] != input_ids[i][..n] {
+            report.mismatch(format!("{at}: input_ids differ"));
+        }
+        if f.token_type_ids[..] != types[i][..n] {
+            report.mismatch(format!("{at}: token_type_ids differ"));
+        }
+        if let (Some((starts, ends)), Some(ours)) = (&labels, f.labels) {
+            let theirs = (starts[i], ends[i]);
+            let max_length = input_ids[i].len() as i32;
+            if ours != theirs {
+                let edge = theirs.0 == max_length - 1 && theirs.0 > theirs.1 && ours.1 == theirs.1;
+                if edge {
+                    report.hf_edge_cases.push((f.example_id.clone(), f.window_index, theirs, ours));
+                } else {
+                    report.mismatch(format!("{at}: labels {ours:?}, reference {theirs:?}"));
+                }
+            }
+        }
+        if let (Some((s, e)), Some(ours)) = (&offsets, &f.offsets) {
+            let same = ours.iter().zip(s[i].iter().zip(&e[i])).all(|(o, (&s, &e))| *o == (s, e));
+            if !same {
+                report.mismatch(format!("{at}: offsets differ"));
+            }
+        }
+    }
+    Ok(report)
+}
