@@ -1,6 +1,162 @@
-//! Answer questions with a QA checkpoint. Placeholder until issue #4 lands: it produces no output and exits 2.
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("qa-infer: not implemented yet (issue #4); no output was written");
-    std::process::ExitCode::from(2)
+use anyhow::{Context, Result};
+use clap::Parser;
+use qa_infer::{Answer, InferSettings, Inferencer};
+use serde::Deserialize;
+
+/// Answer questions with a BERT QA checkpoint (a local directory or a Hugging Face hub id).
+///
+/// One question: --question Q --context C (or --context-file F). Batch: --jsonl FILE (or -
+/// for stdin) with one {"id", "question", "context"} object per line; one JSON line per
+/// input is written to stdout, and a line that fails gets {"id", "line", "error"} (the others
+/// go on; the exit code is 1 if any failed).
+///
+/// Exit codes: 0 ok, 1 failed, 2 usage error.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Checkpoint directory (config.json + model.safetensors + tokenizer) or hub id.
+    #[arg(long)]
+    model: String,
+    #[arg(long, required_unless_present = "jsonl")]
+    question: Option<String>,
+    #[arg(long, conflicts_with = "context_file", required_unless_present_any = ["jsonl", "context_file"])]
+    context: Option<String>,
+    #[arg(long)]
+    context_file: Option<PathBuf>,
+    /// JSONL input (`-` for stdin).
+    #[arg(long, conflicts_with_all = ["question", "context", "context_file"])]
+    jsonl: Option<String>,
+    /// Answers to return, best first.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Longest answer in tokens.
+    #[arg(long, default_value_t = 30)]
+    max_answer_length: usize,
+    #[arg(long, default_value_t = 384)]
+    max_length: usize,
+    #[arg(long, default_value_t = 128)]
+    stride: usize,
+    /// Print JSON instead of text (one question).
+    #[arg(long)]
+    json: bool,
+    /// cpu (cuda needs a build with CUDA support).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Deserialize)]
+struct Query {
+    #[serde(default)]
+    id: serde_json::Value,
+    question: String,
+    context: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("qa-infer: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn answer_json(id: &serde_json::Value, answers: &[Answer], top_k: usize) -> serde_json::Value {
+    let best = answers.first();
+    let mut out = serde_json::json!({
+        "id": id,
+        "answer": best.map(|a| a.answer.as_str()).unwrap_or(""),
+        "start": best.map(|a| a.start),
+        "end": best.map(|a| a.end),
+        "score": best.map(|a| a.score),
+    });
+    if top_k > 1 {
+        out["top_k"] = serde_json::to_value(answers).expect("answers serialise");
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let settings = InferSettings {
+        max_length: cli.max_length,
+        stride: cli.stride,
+        max_answer_length: cli.max_answer_length,
+        top_k: cli.top_k.max(1),
+    };
+    let device = qa_model::checkpoint::device(&cli.device)?;
+    let inferencer = Inferencer::load(&cli.model, settings, device)?;
+    if inferencer.checkpoint.report.fresh_head {
+        eprintln!(
+            "qa-infer: warning: {} has no QA head (qa_outputs); using an untrained, randomly initialised one: answers are meaningless until the model is fine-tuned",
+            cli.model
+        );
+    }
+    if let Some(input) = &cli.jsonl {
+        return run_jsonl(&inferencer, input, settings.top_k);
+    }
+    let question = cli.question.expect("clap requires --question");
+    let context = match (&cli.context, &cli.context_file) {
+        (Some(c), _) => c.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
+        (None, None) => unreachable!("clap requires a context"),
+    };
+    let answers = inferencer.answer(&question, &context)?;
+    if cli.json {
+        println!("{}", answer_json(&serde_json::Value::Null, &answers, settings.top_k));
+    } else if answers.is_empty() {
+        println!("(no answer)");
+    } else {
+        for a in &answers {
+            println!("{}\t(chars {}..{}, score {:.4})", a.answer, a.start, a.end, a.score);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_jsonl(inferencer: &Inferencer, input: &str, top_k: usize) -> Result<ExitCode> {
+    let reader: Box<dyn BufRead> = if input == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(input).with_context(|| input.to_string())?))
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = 0usize;
+    for (n, line) in reader.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line.with_context(|| format!("{input}: line {line_no}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = serde_json::from_str::<Query>(&line)
+            .map_err(|e| anyhow::anyhow!("invalid JSON line: {e}"))
+            .and_then(|q| {
+                let answers = inferencer.answer(&q.question, &q.context)?;
+                Ok(answer_json(&q.id, &answers, top_k))
+            });
+        let value = match result {
+            Ok(v) => v,
+            Err(e) => {
+                failed += 1;
+                let id = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .unwrap_or(serde_json::Value::Null);
+                eprintln!("qa-infer: {input}: line {line_no}: {e:#}");
+                serde_json::json!({"id": id, "line": line_no, "error": format!("{e:#}")})
+            }
+        };
+        writeln!(out, "{value}")?;
+    }
+    if failed > 0 {
+        eprintln!("qa-infer: {failed} line(s) of {input} failed");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -185,6 +185,22 @@ impl<'a> Columns<'a> {
     }
 }
 
+impl Columns<'_> {
+    pub fn f32_lists(&self, name: &str) -> Result<Vec<Vec<f32>>> {
+        let s = self.column(name)?;
+        let wrong = || self.wrong_type(name, "list<f32>", s.dtype());
+        let ca = s.list().map_err(|_| wrong())?;
+        ca.amortized_iter()
+            .enumerate()
+            .map(|(row, item)| {
+                let item = item.ok_or_else(|| self.null_in(name, row))?;
+                let inner = item.as_ref().f32().map_err(|_| wrong())?;
+                inner.iter().map(|v| v.ok_or_else(|| self.null_in(name, row))).collect()
+            })
+            .collect()
+    }
+}
+
 /// Builds a `list<string>` column.
 pub fn string_list_column<'a>(
     name: &str,

@@ -1,0 +1,19 @@
+//! BERT for extractive QA in candle: the model (train and eval mode), HF-compatible
+//! checkpoint loading and saving, and batching of features.
+
+pub mod batch;
+pub mod bert;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod loss;
+pub mod nn;
+pub mod params;
+
+pub use batch::make_batch;
+pub use bert::{BertForQuestionAnswering, Batch};
+pub use checkpoint::Checkpoint;
+pub use config::BertConfig;
+pub use error::{ModelError, Result};
+pub use nn::DropoutRng;
+pub use params::Params;

@@ -1,0 +1,139 @@
+//! Building blocks with a backward pass. candle-nn's fused LayerNorm and softmax have none
+//! (training would silently freeze everything below them), and its dropout draws from
+//! candle's unseedable RNG; these are composed from differentiable ops, and dropout masks
+//! come from a seeded host RNG so that a seed reproduces a run.
+
+use candle_core::{DType, Result, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
+/// variance, as torch).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension; the max is subtracted (and detached) for stability.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// Dropout masks from a seeded ChaCha8 stream. Its state (seed + words drawn) is what a
+/// checkpoint saves to resume bit-exactly.
+#[derive(Debug, Clone)]
+pub struct DropoutRng {
+    rng: ChaCha8Rng,
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> Self {
+        DropoutRng { rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    /// (seed, word position) of the stream, for checkpoints.
+    pub fn state(&self) -> ([u8; 32], u128) {
+        (self.rng.get_seed(), self.rng.get_word_pos())
+    }
+
+    pub fn from_state(seed: [u8; 32], word_pos: u128) -> Self {
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_word_pos(word_pos);
+        DropoutRng { rng }
+    }
+
+    /// Zeroes each element with probability `p`, scales the rest by 1 / (1 - p).
+    pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let p = p as f32;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if self.rng.random::<f32>() >= p { scale } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x.mul(&mask)
+    }
+}
+
+/// Applies dropout when training (`rng` is Some), else passes `x` through.
+pub fn maybe_dropout(x: Tensor, rng: Option<&mut DropoutRng>, p: f64) -> Result<Tensor> {
+    match rng {
+        Some(rng) => rng.dropout(&x, p),
+        None => Ok(x),
+    }
+}
+
+/// Additive attention mask `[batch, 1, 1, len]`: 0 where attended, f32::MIN on padding (HF's
+/// `finfo(float32).min`).
+pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
+    let (b, l) = attention_mask.dims2()?;
+    let m = attention_mask.to_dtype(DType::F32)?;
+    let masked = ((m.ones_like()? - &m)? * f32::MIN as f64)?;
+    masked.reshape((b, 1, 1, l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn layer_norm_matches_definition_and_has_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(vec![1f32, 2., 3., 4., -1., 0., 1., 5.], (2, 4), &dev).unwrap();
+        let ln = LayerNorm {
+            weight: Var::from_vec(vec![1f32, 2., 1., 1.], 4, &dev).unwrap().as_tensor().clone(),
+            bias: Tensor::zeros(4, DType::F32, &dev).unwrap(),
+            eps: 1e-12,
+        };
+        let y = ln.forward(x.as_tensor()).unwrap();
+        let row: Vec<f32> = y.get(0).unwrap().to_vec1().unwrap();
+        let sd = (1.25f32).sqrt();
+        let want = [-1.5 / sd, 2.0 * -0.5 / sd, 0.5 / sd, 1.5 / sd];
+        for (a, b) in row.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{row:?}");
+        }
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&ln.weight).is_some(), "LayerNorm weight gets a gradient");
+        assert!(grads.get(x.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one() {
+        let x = Tensor::new(&[[1f32, 2., 3.], [0., f32::MIN, 0.]], &Device::Cpu).unwrap();
+        let s: Vec<Vec<f32>> = softmax_last_dim(&x).unwrap().to_vec2().unwrap();
+        assert!((s[0].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(s[1], vec![0.5, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn dropout_is_seeded_and_resumable() {
+        let x = Tensor::ones((4, 64), DType::F32, &Device::Cpu).unwrap();
+        let mut a = DropoutRng::new(7);
+        let first: Vec<Vec<f32>> = a.dropout(&x, 0.5).unwrap().to_vec2().unwrap();
+        let (seed, pos) = a.state();
+        let second: Vec<Vec<f32>> = a.dropout(&x, 0.5).unwrap().to_vec2().unwrap();
+        let mut b = DropoutRng::new(7);
+        assert_eq!(b.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(), first);
+        let mut resumed = DropoutRng::from_state(seed, pos);
+        assert_eq!(resumed.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(), second);
+        let kept = first.iter().flatten().filter(|&&v| v == 2.0).count();
+        assert!((80..180).contains(&kept), "about half kept and scaled by 2: {kept}");
+    }
+}

@@ -1,0 +1,188 @@
+//! The model's tensors by canonical HF name (`bert.`-prefixed encoder, `qa_outputs.*`), as
+//! candle `Var`s so the trainer can update them. Loading accepts names with or without the
+//! `bert.` prefix and legacy LayerNorm `gamma`/`beta`, ignores `pooler.*`,
+//! `embeddings.position_ids` and pre-training heads (`cls.*`), and gives a base encoder a
+//! fresh, seeded QA head.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::bert::parameter_shapes;
+use crate::config::BertConfig;
+use crate::error::{ModelError, Result};
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub vars: BTreeMap<String, Var>,
+}
+
+/// What loading found besides the expected tensors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// The checkpoint had no `qa_outputs`: the head was freshly initialised (untrained).
+    pub fresh_head: bool,
+    /// Tensors that are neither expected nor known to be safely ignorable.
+    pub unexpected: Vec<String>,
+}
+
+/// Canonical name of a checkpoint tensor, or None for tensors the QA model never uses.
+pub fn canonical_name(name: &str) -> Option<String> {
+    let name = name.strip_prefix("model.").unwrap_or(name);
+    if name.ends_with("position_ids") || name.contains("pooler.") || name.starts_with("cls.") {
+        return None;
+    }
+    let mut n = name.to_string();
+    if n.contains("LayerNorm.") {
+        n = n.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias");
+    }
+    if !n.starts_with("bert.") && !n.starts_with("qa_outputs.") {
+        n = format!("bert.{n}");
+    }
+    Some(n)
+}
+
+/// Weight matrices and embeddings get decoupled weight decay; biases and LayerNorm weights
+/// do not (HF Trainer's parameter groups).
+pub fn decays(name: &str) -> bool {
+    name.ends_with(".weight") && !name.contains("LayerNorm")
+}
+
+fn normal_tensor(rng: &mut ChaCha8Rng, std: f64, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let dist = Normal::new(0f32, std as f32).expect("std > 0");
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| dist.sample(rng)).collect();
+    Ok(Tensor::from_vec(values, shape, device)?)
+}
+
+impl Params {
+    pub fn get(&self, name: &str, shape: &[usize]) -> candle_core::Result<Tensor> {
+        let var = self
+            .vars
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+        if var.dims() != shape {
+            candle_core::bail!("tensor {name} has shape {:?}, expected {shape:?}", var.dims());
+        }
+        Ok(var.as_tensor().clone())
+    }
+
+    /// A randomly initialised model as HF does it (normal(0, initializer_range) weights and
+    /// embeddings, zero biases, LayerNorm 1/0), from a seeded host RNG.
+    pub fn random(config: &BertConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut vars = BTreeMap::new();
+        for (name, shape) in parameter_shapes(config) {
+            let t = if name.contains("LayerNorm.weight") {
+                Tensor::ones(shape.as_slice(), DType::F32, device)?
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(shape.as_slice(), DType::F32, device)?
+            } else {
+                normal_tensor(&mut rng, config.initializer_range, &shape, device)?
+            };
+            vars.insert(name, Var::from_tensor(&t)?);
+        }
+        Ok(Params { vars })
+    }
+
+    /// Loads `model.safetensors` (or `pytorch_model.bin`) from `dir` and checks it against
+    /// `config`. A missing QA head is initialised from `seed`.
+    pub fn load(dir: &Path, config: &BertConfig, seed: u64, device: &Device) -> Result<(Self, LoadReport)> {
+        let safetensors = dir.join("model.safetensors");
+        let pickle = dir.join("pytorch_model.bin");
+        let (file, tensors) = if safetensors.exists() {
+            let t = candle_core::safetensors::load(&safetensors, device).map_err(|e| ModelError::Weights {
+                path: safetensors.clone(),
+                message: e.to_string(),
+            })?;
+            (safetensors, t.into_iter().collect::<Vec<_>>())
+        } else if pickle.exists() {
+            let t = candle_core::pickle::read_all(&pickle).map_err(|e| ModelError::Weights {
+                path: pickle.clone(),
+                message: e.to_string(),
+            })?;
+            (pickle, t)
+        } else {
+            return Err(ModelError::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "no model.safetensors or pytorch_model.bin".into(),
+            });
+        };
+        let expected: HashMap<String, Vec<usize>> = parameter_shapes(config).into_iter().collect();
+        let mut report = LoadReport::default();
+        let mut vars = BTreeMap::new();
+        for (name, tensor) in tensors {
+            let Some(canonical) = canonical_name(&name) else { continue };
+            let Some(shape) = expected.get(&canonical) else {
+                report.unexpected.push(name);
+                continue;
+            };
+            if tensor.dims() != shape.as_slice() {
+                return Err(ModelError::Weights {
+                    path: file.clone(),
+                    message: format!("tensor {name} has shape {:?}, config.json implies {shape:?}", tensor.dims()),
+                });
+            }
+            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
+            vars.insert(canonical, Var::from_tensor(&tensor)?);
+        }
+        let has_head = ["qa_outputs.weight", "qa_outputs.bias"].map(|n| vars.contains_key(n));
+        if has_head == [false, false] {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let w = normal_tensor(&mut rng, config.initializer_range, &[2, config.hidden_size], device)?;
+            vars.insert("qa_outputs.weight".into(), Var::from_tensor(&w)?);
+            vars.insert("qa_outputs.bias".into(), Var::zeros(2, DType::F32, device)?);
+            report.fresh_head = true;
+        }
+        let mut missing: Vec<&String> = expected.keys().filter(|n| !vars.contains_key(*n)).collect();
+        missing.sort();
+        if let Some(first) = missing.first() {
+            return Err(ModelError::Weights {
+                path: file,
+                message: format!("missing tensor {first} ({} missing in all)", missing.len()),
+            });
+        }
+        report.unexpected.sort();
+        Ok((Params { vars }, report))
+    }
+
+    /// All tensors by canonical name (what `save` writes).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    }
+
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        candle_core::safetensors::save(&self.tensors(), path).map_err(|e| ModelError::Weights {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_canonicalised() {
+        assert_eq!(canonical_name("embeddings.word_embeddings.weight").unwrap(), "bert.embeddings.word_embeddings.weight");
+        assert_eq!(canonical_name("bert.encoder.layer.0.output.LayerNorm.gamma").unwrap(), "bert.encoder.layer.0.output.LayerNorm.weight");
+        assert_eq!(canonical_name("encoder.layer.1.attention.output.LayerNorm.beta").unwrap(), "bert.encoder.layer.1.attention.output.LayerNorm.bias");
+        assert_eq!(canonical_name("qa_outputs.bias").unwrap(), "qa_outputs.bias");
+        for ignored in ["pooler.dense.weight", "bert.pooler.dense.bias", "embeddings.position_ids", "cls.predictions.bias"] {
+            assert_eq!(canonical_name(ignored), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn weight_decay_groups_match_hf() {
+        assert!(decays("bert.embeddings.word_embeddings.weight"));
+        assert!(decays("qa_outputs.weight"));
+        assert!(!decays("qa_outputs.bias"));
+        assert!(!decays("bert.embeddings.LayerNorm.weight"));
+    }
+}
