@@ -8,6 +8,7 @@
 #   make stats       print the explore-step statistics of the ingested examples
 #   make features    runs/<name>/{train,dev}.features.parquet (tokenized windows + labels/offsets)
 #   make parity      full-set feature parity with the HF oracle (needs the reference venv)
+#   make infer Q="question" C="context"   answer with runs/<name>/model, else the base model
 #   make test        the test suite (what CI runs)
 #   make bench       speed benchmarks (release build)
 
@@ -28,7 +29,7 @@ TOKENIZER  := $(or $(call yaml_value,tokenizer),$(call yaml_value,name_or_path),
 TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(TOKENIZER))
 
 .DEFAULT_GOAL := help
-.PHONY: help data model ingest stats features parity test bench train eval infer demo clean-run
+.PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -39,8 +40,10 @@ help:
 crate_sources = $(shell find crates/$(1) -name '*.rs' -not -path '*/tests/*') crates/$(1)/Cargo.toml
 CORE_SOURCES := $(call crate_sources,squad-core) Cargo.toml Cargo.lock
 STAGES := squad-ingest qa-features qa-train qa-eval qa-infer
+# Library crates each stage links besides squad-core.
+LIBS_qa-infer := qa-model qa-features
 define binary_rule
-$(BIN)/$(1): $(CORE_SOURCES) $(call crate_sources,$(1))
+$(BIN)/$(1): $(CORE_SOURCES) $(foreach c,$(1) $(LIBS_$(1)),$(call crate_sources,$(c)))
 	$(CARGO) build --release --locked -p $(1)
 endef
 $(foreach s,$(STAGES),$(eval $(call binary_rule,$(s))))
@@ -80,7 +83,13 @@ $(RUN)/dev.features.parquet: $(RUN)/dev.examples.parquet $(CONFIG) $(TOKENIZER_D
 parity: $(BIN)/squad-ingest $(BIN)/qa-features model data/squad/train-v1.1.json.gz data/squad/dev-v1.1.json.gz
 	scripts/compare_features_full.sh $(BIN)
 
-train eval infer demo:
+# Until training lands there is no runs/<name>/model: the base model (untrained QA head) answers.
+INFER_MODEL ?= $(if $(wildcard $(RUN)/model/config.json),$(RUN)/model,$(MODEL_DIR))
+infer: $(BIN)/qa-infer model
+	@test -n "$(Q)" -a -n "$(C)" || { echo 'usage: make infer Q="question" C="context"' >&2; exit 2; }
+	$(BIN)/qa-infer --model $(INFER_MODEL) --question "$(Q)" --context "$(C)" --top-k 3
+
+train eval demo:
 	@echo "make $@: not implemented yet (see the open issues); nothing was run" >&2; exit 1
 
 # --- checks --------------------------------------------------------------------------------
@@ -88,7 +97,7 @@ test: model
 	$(CARGO) test --workspace --locked
 	scripts/test_fetch.sh
 
-bench: $(BIN)/squad-ingest $(BIN)/qa-features model
+bench: $(BIN)/squad-ingest $(BIN)/qa-features $(BIN)/qa-infer model
 	scripts/bench.sh $(BIN)
 
 clean-run:
