@@ -57,10 +57,7 @@ pub struct Report {
     pub hf_edge_case_labels: Vec<(String, u32)>,
 }
 
-/// Python's `str.lstrip()`: its whitespace also includes U+001C..U+001F.
-pub fn python_lstrip(s: &str) -> &str {
-    s.trim_start_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-}
+pub use squad_core::text::python_lstrip;
 
 /// The features of one example, or None when there is no room (the caller decides).
 fn example_features(

@@ -6,7 +6,9 @@ pub mod error;
 pub mod examples;
 pub mod features;
 pub mod fsutil;
+pub mod metric;
 pub mod parquet_io;
+pub mod text;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};
