@@ -37,18 +37,30 @@ pub struct Scored {
 }
 
 fn input_err(path: &Path, message: impl Into<String>) -> ScoreError {
-    ScoreError::Input { path: path.to_path_buf(), message: message.into() }
+    ScoreError::Input {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 /// Gold answers of a SQuAD file, and whether it is a v2.0 file.
 pub fn read_gold(path: &Path) -> Result<(Vec<Gold>, bool), ScoreError> {
     let bytes = read_maybe_gzip(path)?;
-    let file: SquadFile = serde_json::from_slice(&bytes).map_err(|e| input_err(path, format!("not valid SQuAD JSON: {e}")))?;
+    let file: SquadFile = serde_json::from_slice(&bytes)
+        .map_err(|e| input_err(path, format!("not valid SQuAD JSON: {e}")))?;
     let mut v2 = file.squad_version() == "2.0";
     let mut gold = Vec::new();
-    for qa in file.data.into_iter().flat_map(|a| a.paragraphs).flat_map(|p| p.qas) {
+    for qa in file
+        .data
+        .into_iter()
+        .flat_map(|a| a.paragraphs)
+        .flat_map(|p| p.qas)
+    {
         v2 |= qa.answers.is_empty();
-        gold.push(Gold { id: qa.id, answers: qa.answers.into_iter().map(|a| a.text).collect() });
+        gold.push(Gold {
+            id: qa.id,
+            answers: qa.answers.into_iter().map(|a| a.text).collect(),
+        });
     }
     Ok((gold, v2))
 }
@@ -58,14 +70,24 @@ pub fn read_predictions(paths: &[PathBuf]) -> Result<HashMap<String, String>, Sc
     let mut merged = HashMap::new();
     for path in paths {
         let bytes = std::fs::read(path).map_err(|e| input_err(path, e.to_string()))?;
-        let map: OrderedMap<serde_json::Value> =
-            serde_json::from_slice(&bytes).map_err(|e| input_err(path, format!("not a {{question id: answer}} JSON object: {e}")))?;
+        let map: OrderedMap<serde_json::Value> = serde_json::from_slice(&bytes).map_err(|e| {
+            input_err(
+                path,
+                format!("not a {{question id: answer}} JSON object: {e}"),
+            )
+        })?;
         for (id, value) in map.0 {
             let serde_json::Value::String(answer) = value else {
-                return Err(input_err(path, format!("the answer for question {id:?} is not a string: {value}")));
+                return Err(input_err(
+                    path,
+                    format!("the answer for question {id:?} is not a string: {value}"),
+                ));
             };
             if merged.insert(id.clone(), answer).is_some() {
-                return Err(input_err(path, format!("question {id:?} is answered in more than one predictions file")));
+                return Err(input_err(
+                    path,
+                    format!("question {id:?} is answered in more than one predictions file"),
+                ));
             }
         }
     }
@@ -74,12 +96,21 @@ pub fn read_predictions(paths: &[PathBuf]) -> Result<HashMap<String, String>, Sc
 
 pub fn read_na_probs(path: &Path) -> Result<Vec<(String, f64)>, ScoreError> {
     let bytes = std::fs::read(path).map_err(|e| input_err(path, e.to_string()))?;
-    let map: OrderedMap<f64> =
-        serde_json::from_slice(&bytes).map_err(|e| input_err(path, format!("not a {{question id: probability}} JSON object: {e}")))?;
+    let map: OrderedMap<f64> = serde_json::from_slice(&bytes).map_err(|e| {
+        input_err(
+            path,
+            format!("not a {{question id: probability}} JSON object: {e}"),
+        )
+    })?;
     Ok(map.0)
 }
 
-pub fn score(data: &Path, predictions: &[PathBuf], na_probs: Option<&Path>, options: &ScoreOptions) -> Result<Scored, ScoreError> {
+pub fn score(
+    data: &Path,
+    predictions: &[PathBuf],
+    na_probs: Option<&Path>,
+    options: &ScoreOptions,
+) -> Result<Scored, ScoreError> {
     let (mut gold, file_is_v2) = read_gold(data)?;
     let preds = read_predictions(predictions)?;
     let na = na_probs.map(read_na_probs).transpose()?;
@@ -91,17 +122,27 @@ pub fn score(data: &Path, predictions: &[PathBuf], na_probs: Option<&Path>, opti
     let mut warnings = Vec::new();
     let unknown = unknown_ids(&gold, preds.keys());
     if !unknown.is_empty() {
-        warnings.push(format!("{} predictions for questions not in {} were ignored (e.g. {:?})", unknown.len(), data.display(), unknown[0]));
+        warnings.push(format!(
+            "{} predictions for questions not in {} were ignored (e.g. {:?})",
+            unknown.len(),
+            data.display(),
+            unknown[0]
+        ));
     }
     if options.only_predicted {
         gold.retain(|q| preds.contains_key(&q.id));
     }
     let metrics = if v2 {
-        evaluate_v2(&gold, &preds, na.as_deref(), options.na_prob_thresh).map_err(|m| input_err(na_probs.unwrap_or(data), m))?
+        evaluate_v2(&gold, &preds, na.as_deref(), options.na_prob_thresh)
+            .map_err(|m| input_err(na_probs.unwrap_or(data), m))?
     } else {
         let s = evaluate_v1(&gold, &preds);
         if !s.missing.is_empty() {
-            warnings.push(format!("{} questions have no prediction and score 0 (e.g. {:?})", s.missing.len(), s.missing[0]));
+            warnings.push(format!(
+                "{} questions have no prediction and score 0 (e.g. {:?})",
+                s.missing.len(),
+                s.missing[0]
+            ));
         }
         match serde_json::to_value(&s).expect("scores serialise") {
             serde_json::Value::Object(m) => m,

@@ -66,7 +66,12 @@ fn main() -> ExitCode {
         only_predicted: args.only_predicted,
         na_prob_thresh: args.na_prob_thresh,
     };
-    match score(&args.data, &args.predictions, args.na_prob.as_deref(), &options) {
+    match score(
+        &args.data,
+        &args.predictions,
+        args.na_prob.as_deref(),
+        &options,
+    ) {
         Ok(scored) => {
             for w in &scored.warnings {
                 eprintln!("qa-eval: warning: {w}");

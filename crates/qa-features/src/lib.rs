@@ -33,7 +33,11 @@ pub enum FeaturesError {
     #[error(
         "question {id:?}: even cut to {MAX_QUERY_TOKENS} tokens it leaves a context window of {window} tokens, not more than stride {stride}; use a larger --max-length or a smaller --stride"
     )]
-    NoRoom { id: String, window: usize, stride: usize },
+    NoRoom {
+        id: String,
+        window: usize,
+        stride: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,13 +163,16 @@ pub fn build_features(
         .map(|e| tok.encode(python_lstrip(&e.question)))
         .collect::<Result<_, _>>()?;
 
-    let built: Vec<Result<(Vec<Feature>, Vec<bool>, Option<String>, Option<String>), FeaturesError>> = examples
+    let built: Vec<
+        Result<(Vec<Feature>, Vec<bool>, Option<String>, Option<String>), FeaturesError>,
+    > = examples
         .par_iter()
         .enumerate()
         .map(|(i, e)| {
             let context = &context_tokens[context_of[i]];
             let question = &question_tokens[i];
-            if let Some((f, edge)) = example_features(tok, settings, split, i, e, question, context) {
+            if let Some((f, edge)) = example_features(tok, settings, split, i, e, question, context)
+            {
                 return Ok((f, edge, None, None));
             }
             match split {
@@ -185,14 +192,19 @@ pub fn build_features(
         .collect();
 
     let mut features = Vec::with_capacity(examples.len() * 11 / 10);
-    let mut report = Report { examples: examples.len(), ..Report::default() };
+    let mut report = Report {
+        examples: examples.len(),
+        ..Report::default()
+    };
     for item in built {
         let (fs, edges, skipped, truncated) = item?;
         report.skipped_questions.extend(skipped);
         report.truncated_questions.extend(truncated);
         for (f, edge) in fs.into_iter().zip(edges) {
             if edge {
-                report.hf_edge_case_labels.push((f.example_id.clone(), f.window_index));
+                report
+                    .hf_edge_case_labels
+                    .push((f.example_id.clone(), f.window_index));
             }
             if f.labels == Some((0, 0)) {
                 report.cls_labelled += 1;

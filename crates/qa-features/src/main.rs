@@ -4,11 +4,11 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use qa_features::{build_features, parity, QaTokenizer, Settings};
 use squad_core::features::{self, meta, FeatureSplit};
 use squad_core::fsutil::{sha256_file, sibling_path};
 use squad_core::parquet_io::Metadata;
 use squad_core::PipelineConfig;
-use qa_features::{build_features, parity, QaTokenizer, Settings};
 
 /// Turn examples (from squad-ingest) into model features exactly as HF run_qa.py does:
 /// `[CLS] question [SEP] context-window [SEP]`, windows of --max-length tokens overlapping
@@ -16,7 +16,11 @@ use qa_features::{build_features, parity, QaTokenizer, Settings};
 ///
 /// Exit codes: 0 ok, 1 failed (nothing is written), 2 usage error.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -89,7 +93,10 @@ fn main() -> ExitCode {
 
 fn run_build(args: BuildArgs) -> Result<ExitCode> {
     let started = Instant::now();
-    let (examples_path, output) = (args.examples.expect("required"), args.output.expect("required"));
+    let (examples_path, output) = (
+        args.examples.expect("required"),
+        args.output.expect("required"),
+    );
     let split = match args.split.expect("required") {
         SplitArg::Train => FeatureSplit::Train,
         SplitArg::Eval => FeatureSplit::Eval,
@@ -102,7 +109,10 @@ fn run_build(args: BuildArgs) -> Result<ExitCode> {
     config.model.tokenizer = Some(tokenizer_path.display().to_string());
     config.features.max_length = args.max_length.unwrap_or(config.features.max_length);
     config.features.stride = args.stride.unwrap_or(config.features.stride);
-    let settings = Settings { max_length: config.features.max_length, stride: config.features.stride };
+    let settings = Settings {
+        max_length: config.features.max_length,
+        stride: config.features.stride,
+    };
 
     let tok = QaTokenizer::load(&tokenizer_path)?;
     let (examples, examples_meta) = squad_core::examples::read(&examples_path)?;
@@ -117,17 +127,31 @@ fn run_build(args: BuildArgs) -> Result<ExitCode> {
     if let Some(sha) = examples_meta.get(squad_core::examples::meta::SOURCE_SHA256) {
         md.insert(meta::SOURCE_SHA256.into(), sha.clone());
     }
-    md.insert(meta::SKIPPED_QUESTIONS.into(), report.skipped_questions.len().to_string());
-    md.insert(meta::TRUNCATED_QUESTIONS.into(), report.truncated_questions.len().to_string());
-    md.insert(meta::HF_EDGE_CASE_LABELS.into(), report.hf_edge_case_labels.len().to_string());
+    md.insert(
+        meta::SKIPPED_QUESTIONS.into(),
+        report.skipped_questions.len().to_string(),
+    );
+    md.insert(
+        meta::TRUNCATED_QUESTIONS.into(),
+        report.truncated_questions.len().to_string(),
+    );
+    md.insert(
+        meta::HF_EDGE_CASE_LABELS.into(),
+        report.hf_edge_case_labels.len().to_string(),
+    );
     features::write(&output, &features, split, &md)?;
     config.save(&sibling_path(&output, "config.yaml"))?;
 
     for id in &report.skipped_questions {
-        eprintln!("qa-features: skipped question {id:?}: too long to leave room for a context window");
+        eprintln!(
+            "qa-features: skipped question {id:?}: too long to leave room for a context window"
+        );
     }
     for id in &report.truncated_questions {
-        eprintln!("qa-features: question {id:?} cut to {} tokens to leave room for a context window", qa_features::MAX_QUERY_TOKENS);
+        eprintln!(
+            "qa-features: question {id:?} cut to {} tokens to leave room for a context window",
+            qa_features::MAX_QUERY_TOKENS
+        );
     }
     let labels = match split {
         FeatureSplit::Train => format!(
@@ -152,5 +176,9 @@ fn run_compare(args: CompareArgs) -> Result<ExitCode> {
     let (ours, split, _) = features::read(&args.features)?;
     let report = parity::compare(&ours, split, &args.reference)?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if report.is_exact() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.is_exact() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -34,7 +34,11 @@ impl ParityReport {
 }
 
 /// Compares `ours` with the oracle file at `reference`.
-pub fn compare(ours: &[Feature], split: FeatureSplit, reference: &Path) -> squad_core::Result<ParityReport> {
+pub fn compare(
+    ours: &[Feature],
+    split: FeatureSplit,
+    reference: &Path,
+) -> squad_core::Result<ParityReport> {
     let (df, _) = read_parquet(reference)?;
     let c = Columns::new(reference, &df);
     let ids = c.strings("example_id")?;
@@ -42,20 +46,36 @@ pub fn compare(ours: &[Feature], split: FeatureSplit, reference: &Path) -> squad
     let input_ids = c.i32_lists("input_ids")?;
     let types = c.i32_lists("token_type_ids")?;
     let mask = c.i32_lists("attention_mask")?;
-    let mut report = ParityReport { features: ours.len(), ..Default::default() };
+    let mut report = ParityReport {
+        features: ours.len(),
+        ..Default::default()
+    };
     if ids.len() != ours.len() {
-        report.mismatch(format!("{} features here, {} in the reference", ours.len(), ids.len()));
+        report.mismatch(format!(
+            "{} features here, {} in the reference",
+            ours.len(),
+            ids.len()
+        ));
         return Ok(report);
     }
     let (labels, offsets) = match split {
-        FeatureSplit::Train => (Some((c.i32s("start_positions")?, c.i32s("end_positions")?)), None),
-        FeatureSplit::Eval => (None, Some((c.i32_lists("offset_start")?, c.i32_lists("offset_end")?))),
+        FeatureSplit::Train => (
+            Some((c.i32s("start_positions")?, c.i32s("end_positions")?)),
+            None,
+        ),
+        FeatureSplit::Eval => (
+            None,
+            Some((c.i32_lists("offset_start")?, c.i32_lists("offset_end")?)),
+        ),
     };
     for (i, f) in ours.iter().enumerate() {
         let at = format!("feature {i} ({} window {})", f.example_id, f.window_index);
         let n = mask[i].iter().filter(|&&m| m == 1).count();
         if f.example_id != ids[i] || f.example_index as i32 != mapping[i] {
-            report.mismatch(format!("{at}: example {} #{} in the reference", ids[i], mapping[i]));
+            report.mismatch(format!(
+                "{at}: example {} #{} in the reference",
+                ids[i], mapping[i]
+            ));
             continue;
         }
         if f.len() != n || mask[i][..n].iter().any(|&m| m != 1) {
@@ -74,14 +94,19 @@ pub fn compare(ours: &[Feature], split: FeatureSplit, reference: &Path) -> squad
             if ours != theirs {
                 let edge = theirs.0 == max_length - 1 && theirs.0 > theirs.1 && ours.1 == theirs.1;
                 if edge {
-                    report.hf_edge_cases.push((f.example_id.clone(), f.window_index, theirs, ours));
+                    report
+                        .hf_edge_cases
+                        .push((f.example_id.clone(), f.window_index, theirs, ours));
                 } else {
                     report.mismatch(format!("{at}: labels {ours:?}, reference {theirs:?}"));
                 }
             }
         }
         if let (Some((s, e)), Some(ours)) = (&offsets, &f.offsets) {
-            let same = ours.iter().zip(s[i].iter().zip(&e[i])).all(|(o, (&s, &e))| *o == (s, e));
+            let same = ours
+                .iter()
+                .zip(s[i].iter().zip(&e[i]))
+                .all(|(o, (&s, &e))| *o == (s, e));
             if !same {
                 report.mismatch(format!("{at}: offsets differ"));
             }

@@ -61,23 +61,36 @@ impl QaTokenizer {
     /// `path`: a `tokenizer.json`/`vocab.txt` file or a checkpoint directory.
     pub fn load(path: &Path) -> Result<Self, TokenizerError> {
         let file = resolve(path)?;
-        let load_err = |message: String| TokenizerError::Load { path: file.clone(), message };
+        let load_err = |message: String| TokenizerError::Load {
+            path: file.clone(),
+            message,
+        };
         let mut tokenizer = if file.extension().is_some_and(|e| e == "json") {
             Tokenizer::from_file(&file).map_err(|e| load_err(e.to_string()))?
         } else {
             from_vocab(&file).map_err(|e| load_err(e.to_string()))?
         };
-        tokenizer.with_truncation(None).map_err(|e| load_err(e.to_string()))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| load_err(e.to_string()))?;
         tokenizer.with_padding(None);
         let special = |token: &'static str| {
-            tokenizer.token_to_id(token).ok_or(TokenizerError::MissingSpecial {
-                path: file.clone(),
-                token,
-            })
+            tokenizer
+                .token_to_id(token)
+                .ok_or(TokenizerError::MissingSpecial {
+                    path: file.clone(),
+                    token,
+                })
         };
         let (cls_id, sep_id) = (special("[CLS]")?, special("[SEP]")?);
         let sha256 = sha256_file(&file)?;
-        Ok(QaTokenizer { tokenizer, cls_id, sep_id, file, sha256 })
+        Ok(QaTokenizer {
+            tokenizer,
+            cls_id,
+            sep_id,
+            file,
+            sha256,
+        })
     }
 
     /// Tokens of `text` without special tokens, offsets in chars.
@@ -85,8 +98,14 @@ impl QaTokenizer {
         let enc = self
             .tokenizer
             .encode_char_offsets(text, false)
-            .map_err(|e| TokenizerError::Load { path: self.file.clone(), message: e.to_string() })?;
-        Ok(Tokens { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
+            .map_err(|e| TokenizerError::Load {
+                path: self.file.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Tokens {
+            ids: enc.get_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
+        })
     }
 }
 
@@ -102,7 +121,9 @@ fn resolve(path: &Path) -> Result<PathBuf, TokenizerError> {
             }
         }
     }
-    Err(TokenizerError::NotFound { path: path.to_path_buf() })
+    Err(TokenizerError::NotFound {
+        path: path.to_path_buf(),
+    })
 }
 
 /// BERT WordPiece from `vocab.txt`, lowercasing as `tokenizer_config.json` says (default on).

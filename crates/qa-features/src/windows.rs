@@ -61,7 +61,13 @@ pub fn label_window(offsets: &[(usize, usize)], answer: Option<(usize, usize)>) 
     while end >= 0 && offsets[end as usize].1 >= answer_end {
         end -= 1;
     }
-    (Label::Span { start: start - 1, end: (end + 1) as usize }, hf_edge_case)
+    (
+        Label::Span {
+            start: start - 1,
+            end: (end + 1) as usize,
+        },
+        hf_edge_case,
+    )
 }
 
 #[cfg(test)]
@@ -81,10 +87,19 @@ mod tests {
     fn labels_find_the_covering_tokens() {
         // tokens: "the"(0,3) "swiss"(4,9) "can"(10,13) "##ton"(13,16)
         let offs = [(0, 3), (4, 9), (10, 13), (13, 16)];
-        assert_eq!(label_window(&offs, Some((4, 16))), (Label::Span { start: 1, end: 3 }, false));
-        assert_eq!(label_window(&offs, Some((0, 3))), (Label::Span { start: 0, end: 0 }, false));
+        assert_eq!(
+            label_window(&offs, Some((4, 16))),
+            (Label::Span { start: 1, end: 3 }, false)
+        );
+        assert_eq!(
+            label_window(&offs, Some((0, 3))),
+            (Label::Span { start: 0, end: 0 }, false)
+        );
         // Answer starting inside a word: start is the token containing it.
-        assert_eq!(label_window(&offs, Some((11, 16))), (Label::Span { start: 2, end: 3 }, false));
+        assert_eq!(
+            label_window(&offs, Some((11, 16))),
+            (Label::Span { start: 2, end: 3 }, false)
+        );
         // Not fully inside the window, or no answer.
         assert_eq!(label_window(&offs, Some((10, 20))), (Label::Cls, false));
         assert_eq!(label_window(&offs[1..], Some((0, 3))), (Label::Cls, false));
@@ -95,6 +110,9 @@ mod tests {
     fn answer_at_the_last_context_token_is_labelled_correctly() {
         // run_qa.py would give start = max_length - 1 here.
         let offs = [(0, 3), (4, 9), (10, 14)];
-        assert_eq!(label_window(&offs, Some((10, 14))), (Label::Span { start: 2, end: 2 }, true));
+        assert_eq!(
+            label_window(&offs, Some((10, 14))),
+            (Label::Span { start: 2, end: 2 }, true)
+        );
     }
 }

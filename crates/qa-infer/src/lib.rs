@@ -27,7 +27,11 @@ pub enum InferError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{}: tokenizer vocabulary has {tokenizer} entries but the model's has {model}", path.display())]
-    VocabMismatch { path: std::path::PathBuf, tokenizer: usize, model: usize },
+    VocabMismatch {
+        path: std::path::PathBuf,
+        tokenizer: usize,
+        model: usize,
+    },
     #[error("empty {0}")]
     Empty(&'static str),
 }
@@ -42,7 +46,12 @@ pub struct InferSettings {
 
 impl Default for InferSettings {
     fn default() -> Self {
-        InferSettings { max_length: 384, stride: 128, max_answer_length: 30, top_k: 1 }
+        InferSettings {
+            max_length: 384,
+            stride: 128,
+            max_answer_length: 30,
+            top_k: 1,
+        }
     }
 }
 
@@ -76,7 +85,12 @@ impl Inferencer {
                 model: checkpoint.config.vocab_size,
             });
         }
-        Ok(Inferencer { checkpoint, tokenizer, settings, device })
+        Ok(Inferencer {
+            checkpoint,
+            tokenizer,
+            settings,
+            device,
+        })
     }
 
     pub fn model_dir(&self) -> &Path {
@@ -103,8 +117,12 @@ impl Inferencer {
             paragraph_index: 0,
         };
         let s = self.settings;
-        let settings = Settings { max_length: s.max_length, stride: s.stride };
-        let (features, _) = build_features(&self.tokenizer, &[example], settings, FeatureSplit::Eval)?;
+        let settings = Settings {
+            max_length: s.max_length,
+            stride: s.stride,
+        };
+        let (features, _) =
+            build_features(&self.tokenizer, &[example], settings, FeatureSplit::Eval)?;
         let refs: Vec<&Feature> = features.iter().collect();
         let batch = make_batch(&refs, None, &self.device)?;
         let (start, end) = self.checkpoint.model.forward(&batch, None)?;
@@ -123,7 +141,11 @@ impl Inferencer {
         let windows: Vec<WindowLogits> = features
             .iter()
             .enumerate()
-            .map(|(k, f)| WindowLogits { start: &start[k][..f.len()], end: &end[k][..f.len()], offsets: &offsets[k] })
+            .map(|(k, f)| WindowLogits {
+                start: &start[k][..f.len()],
+                end: &end[k][..f.len()],
+                offsets: &offsets[k],
+            })
             .collect();
         let chars: Vec<(usize, char)> = context.char_indices().collect();
         let byte_at = |c: usize| chars.get(c).map_or(context.len(), |&(b, _)| b);

@@ -103,17 +103,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let question = cli.question.expect("clap requires --question");
     let context = match (&cli.context, &cli.context_file) {
         (Some(c), _) => c.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?
+        }
         (None, None) => unreachable!("clap requires a context"),
     };
     let answers = inferencer.answer(&question, &context)?;
     if cli.json {
-        println!("{}", answer_json(&serde_json::Value::Null, &answers, settings.top_k));
+        println!(
+            "{}",
+            answer_json(&serde_json::Value::Null, &answers, settings.top_k)
+        );
     } else if answers.is_empty() {
         println!("(no answer)");
     } else {
         for a in &answers {
-            println!("{}\t(chars {}..{}, score {:.4})", a.answer, a.start, a.end, a.score);
+            println!(
+                "{}\t(chars {}..{}, score {:.4})",
+                a.answer, a.start, a.end, a.score
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -123,7 +131,9 @@ fn run_jsonl(inferencer: &Inferencer, input: &str, top_k: usize) -> Result<ExitC
     let reader: Box<dyn BufRead> = if input == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(input).with_context(|| input.to_string())?))
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).with_context(|| input.to_string())?,
+        ))
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

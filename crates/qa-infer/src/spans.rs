@@ -23,15 +23,26 @@ pub struct Span {
     pub logit: f32,
 }
 
-fn valid_pairs<'a>(w: &'a WindowLogits<'a>, max_len: usize) -> impl Iterator<Item = (usize, usize)> + 'a {
+fn valid_pairs<'a>(
+    w: &'a WindowLogits<'a>,
+    max_len: usize,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
     let n = w.offsets.len();
     (0..n)
         .filter(|&i| w.offsets[i].is_some())
-        .flat_map(move |i| (i..n.min(i + max_len)).filter(|&j| w.offsets[j].is_some()).map(move |j| (i, j)))
+        .flat_map(move |i| {
+            (i..n.min(i + max_len))
+                .filter(|&j| w.offsets[j].is_some())
+                .map(move |j| (i, j))
+        })
 }
 
 /// The `top_k` most probable spans.
-pub fn best_spans(windows: &[WindowLogits<'_>], max_answer_length: usize, top_k: usize) -> Vec<Span> {
+pub fn best_spans(
+    windows: &[WindowLogits<'_>],
+    max_answer_length: usize,
+    top_k: usize,
+) -> Vec<Span> {
     // log Z over every valid pair of every window (max-shifted for stability).
     let mut max = f32::NEG_INFINITY;
     for w in windows {
@@ -55,7 +66,12 @@ pub fn best_spans(windows: &[WindowLogits<'_>], max_answer_length: usize, top_k:
                 continue;
             }
             let k = *index.entry((start, end)).or_insert_with(|| {
-                spans.push(Span { start, end, probability: 0.0, logit });
+                spans.push(Span {
+                    start,
+                    end,
+                    probability: 0.0,
+                    logit,
+                });
                 spans.len() - 1
             });
             spans[k].probability += mass;
@@ -65,7 +81,11 @@ pub fn best_spans(windows: &[WindowLogits<'_>], max_answer_length: usize, top_k:
     for s in &mut spans {
         s.probability /= z;
     }
-    spans.sort_by(|a, b| b.probability.total_cmp(&a.probability).then(a.start.cmp(&b.start)));
+    spans.sort_by(|a, b| {
+        b.probability
+            .total_cmp(&a.probability)
+            .then(a.start.cmp(&b.start))
+    });
     spans.truncate(top_k);
     spans
 }
@@ -77,13 +97,25 @@ mod tests {
     #[test]
     fn probabilities_are_normalised_across_windows_and_merge_duplicates() {
         let offs = [None, Some((0, 3)), Some((4, 7)), None];
-        let w1 = WindowLogits { start: &[9., 2., 0., 9.], end: &[9., 0., 2., 9.], offsets: &offs };
-        let w2 = WindowLogits { start: &[9., 2., 0., 9.], end: &[9., 0., 2., 9.], offsets: &offs };
+        let w1 = WindowLogits {
+            start: &[9., 2., 0., 9.],
+            end: &[9., 0., 2., 9.],
+            offsets: &offs,
+        };
+        let w2 = WindowLogits {
+            start: &[9., 2., 0., 9.],
+            end: &[9., 0., 2., 9.],
+            offsets: &offs,
+        };
         let one = best_spans(&[w1], 30, 10);
         assert_eq!((one[0].start, one[0].end), (0, 7));
         let total: f64 = one.iter().map(|s| s.probability).sum();
         assert!((total - 1.0).abs() < 1e-9);
-        let w1 = WindowLogits { start: &[9., 2., 0., 9.], end: &[9., 0., 2., 9.], offsets: &offs };
+        let w1 = WindowLogits {
+            start: &[9., 2., 0., 9.],
+            end: &[9., 0., 2., 9.],
+            offsets: &offs,
+        };
         let two = best_spans(&[w1, w2], 30, 10);
         // Same spans twice: merged, same probabilities.
         assert_eq!(two.len(), one.len());
@@ -93,7 +125,11 @@ mod tests {
     #[test]
     fn max_answer_length_and_context_only() {
         let offs = [None, Some((0, 1)), Some((2, 3)), Some((4, 5))];
-        let w = WindowLogits { start: &[50., 5., 0., 0.], end: &[50., 0., 0., 5.], offsets: &offs };
+        let w = WindowLogits {
+            start: &[50., 5., 0., 0.],
+            end: &[50., 0., 0., 5.],
+            offsets: &offs,
+        };
         let best = best_spans(&[w], 2, 1);
         // (1, 3) is 3 tokens: too long; CLS (index 0) is not a context token.
         assert_eq!((best[0].start, best[0].end), (0, 1));

@@ -9,11 +9,16 @@ use qa_model::{Batch, Checkpoint};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let model = args.first().ok_or("usage: forward_bench MODEL_DIR [BATCH] [LEN] [BATCHES]")?;
-    let arg = |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let model = args
+        .first()
+        .ok_or("usage: forward_bench MODEL_DIR [BATCH] [LEN] [BATCHES]")?;
+    let arg =
+        |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (b, len, batches) = (arg(1, 8), arg(2, 384), arg(3, 8));
     let ck = Checkpoint::load(model, 0, &Device::Cpu)?;
-    let ids: Vec<u32> = (0..b * len).map(|i| 1000 + (i * 7919 % 20000) as u32).collect();
+    let ids: Vec<u32> = (0..b * len)
+        .map(|i| 1000 + (i * 7919 % 20000) as u32)
+        .collect();
     let types: Vec<u32> = (0..b * len).map(|i| u32::from(i % len > 20)).collect();
     let batch = Batch {
         input_ids: Tensor::from_vec(ids, (b, len), &Device::Cpu)?,

@@ -20,13 +20,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let ck = Checkpoint::load(load, 0, &Device::Cpu)?;
     if ck.report.fresh_head || !ck.report.unexpected.is_empty() {
-        return Err(format!("{load}: fresh head {} / unexpected {:?}", ck.report.fresh_head, ck.report.unexpected).into());
+        return Err(format!(
+            "{load}: fresh head {} / unexpected {:?}",
+            ck.report.fresh_head, ck.report.unexpected
+        )
+        .into());
     }
     save(Path::new(save_dir), &ck.config, &ck.params, Some(&ck.dir))?;
     let path = Path::new(features);
     let (df, _) = read_parquet(path)?;
     let c = Columns::new(path, &df);
-    let (ids, types, mask) = (c.i32_lists("input_ids")?, c.i32_lists("token_type_ids")?, c.i32_lists("attention_mask")?);
+    let (ids, types, mask) = (
+        c.i32_lists("input_ids")?,
+        c.i32_lists("token_type_ids")?,
+        c.i32_lists("attention_mask")?,
+    );
     let feats: Vec<Feature> = (0..ids.len().min(32))
         .map(|i| {
             let n = mask[i].iter().filter(|&&m| m == 1).count();
@@ -44,7 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for chunk in feats.chunks(8) {
         let refs: Vec<&Feature> = chunk.iter().collect();
-        let (s, e) = ck.model.forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
+        let (s, e) = ck
+            .model
+            .forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
         let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
         for (k, f) in chunk.iter().enumerate() {
             rows.push(serde_json::json!({"start": &s[k][..f.len()], "end": &e[k][..f.len()]}));

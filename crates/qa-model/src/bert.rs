@@ -72,9 +72,18 @@ fn layer_norm(p: &Params, prefix: &str, dim: usize, eps: f64) -> Result<LayerNor
 pub fn parameter_shapes(c: &BertConfig) -> Vec<(String, Vec<usize>)> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
     let mut out = vec![
-        ("bert.embeddings.word_embeddings.weight".to_string(), vec![c.vocab_size, h]),
-        ("bert.embeddings.position_embeddings.weight".to_string(), vec![c.max_position_embeddings, h]),
-        ("bert.embeddings.token_type_embeddings.weight".to_string(), vec![c.type_vocab_size, h]),
+        (
+            "bert.embeddings.word_embeddings.weight".to_string(),
+            vec![c.vocab_size, h],
+        ),
+        (
+            "bert.embeddings.position_embeddings.weight".to_string(),
+            vec![c.max_position_embeddings, h],
+        ),
+        (
+            "bert.embeddings.token_type_embeddings.weight".to_string(),
+            vec![c.type_vocab_size, h],
+        ),
         ("bert.embeddings.LayerNorm.weight".to_string(), vec![h]),
         ("bert.embeddings.LayerNorm.bias".to_string(), vec![h]),
     ];
@@ -112,7 +121,10 @@ impl BertForQuestionAnswering {
         let c = &config;
         let (h, eps) = (c.hidden_size, c.layer_norm_eps);
         let emb = |name: &str, rows: usize| -> Result<Embedding> {
-            Ok(Embedding::new(p.get(&format!("bert.embeddings.{name}.weight"), &[rows, h])?, h))
+            Ok(Embedding::new(
+                p.get(&format!("bert.embeddings.{name}.weight"), &[rows, h])?,
+                h,
+            ))
         };
         let embeddings = Embeddings {
             word: emb("word_embeddings", c.vocab_size)?,
@@ -136,7 +148,12 @@ impl BertForQuestionAnswering {
                         attention_dropout: c.attention_probs_dropout_prob,
                         hidden_dropout: c.hidden_dropout_prob,
                     },
-                    intermediate: linear(p, &format!("{pre}.intermediate.dense"), c.intermediate_size, h)?,
+                    intermediate: linear(
+                        p,
+                        &format!("{pre}.intermediate.dense"),
+                        c.intermediate_size,
+                        h,
+                    )?,
                     output: linear(p, &format!("{pre}.output.dense"), h, c.intermediate_size)?,
                     norm: layer_norm(p, &format!("{pre}.output.LayerNorm"), h, eps)?,
                     hidden_dropout: c.hidden_dropout_prob,
@@ -144,11 +161,20 @@ impl BertForQuestionAnswering {
             })
             .collect::<Result<_>>()?;
         let qa_outputs = linear(p, "qa_outputs", 2, h)?;
-        Ok(BertForQuestionAnswering { config, embeddings, layers, qa_outputs })
+        Ok(BertForQuestionAnswering {
+            config,
+            embeddings,
+            layers,
+            qa_outputs,
+        })
     }
 
     /// Start and end logits, each `[batch, len]`. `dropout`: Some in training mode.
-    pub fn forward(&self, batch: &Batch, mut dropout: Option<&mut DropoutRng>) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, Tensor)> {
         let (_, len) = batch.input_ids.dims2()?;
         if len > self.config.max_position_embeddings {
             candle_core::bail!(
@@ -158,9 +184,13 @@ impl BertForQuestionAnswering {
         }
         let e = &self.embeddings;
         let positions = Tensor::arange(0u32, len as u32, batch.input_ids.device())?;
-        let x = word_embeddings_without_pad_gradient(&e.word, &batch.input_ids, self.config.pad_token_id)?
-            .broadcast_add(&e.position.forward(&positions)?)?
-            .add(&e.token_type.forward(&batch.token_type_ids)?)?;
+        let x = word_embeddings_without_pad_gradient(
+            &e.word,
+            &batch.input_ids,
+            self.config.pad_token_id,
+        )?
+        .broadcast_add(&e.position.forward(&positions)?)?
+        .add(&e.token_type.forward(&batch.token_type_ids)?)?;
         let mut x = maybe_dropout(e.norm.forward(&x)?, dropout.as_deref_mut(), e.dropout)?;
         let mask = additive_mask(&batch.attention_mask)?;
         for layer in &self.layers {
@@ -175,7 +205,11 @@ impl BertForQuestionAnswering {
 
 /// Word embeddings whose `pad_id` positions pass no gradient to the table (HF builds the
 /// table with `padding_idx = pad_token_id`, so padding never updates that row).
-fn word_embeddings_without_pad_gradient(word: &Embedding, ids: &Tensor, pad_id: u32) -> Result<Tensor> {
+fn word_embeddings_without_pad_gradient(
+    word: &Embedding,
+    ids: &Tensor,
+    pad_id: u32,
+) -> Result<Tensor> {
     let x = word.forward(ids)?;
     let keep = ids.ne(pad_id)?.to_dtype(x.dtype())?.unsqueeze(D::Minus1)?;
     let frozen = x.detach().broadcast_mul(&keep.affine(-1.0, 1.0)?)?;
@@ -183,10 +217,17 @@ fn word_embeddings_without_pad_gradient(word: &Embedding, ids: &Tensor, pad_id: 
 }
 
 impl SelfAttention {
-    fn forward(&self, x: &Tensor, mask: &Tensor, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let split_heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, l, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split_heads(self.query.forward(x)?)?;
         let k = split_heads(self.key.forward(x)?)?;
@@ -201,7 +242,12 @@ impl SelfAttention {
 }
 
 impl Layer {
-    fn forward(&self, x: &Tensor, mask: &Tensor, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
         let attended = self.attention.forward(x, mask, dropout.as_deref_mut())?;
         let hidden = self.intermediate.forward(&attended)?.gelu_erf()?;
         let out = maybe_dropout(self.output.forward(&hidden)?, dropout, self.hidden_dropout)?;

@@ -12,7 +12,12 @@ use crate::error::{ModelError, Result};
 use crate::params::{LoadReport, Params};
 
 /// Tokenizer files copied into a saved checkpoint when the source has them.
-pub const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+pub const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -37,7 +42,9 @@ fn looks_like_hub_id(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with(['/', '.', '~'])
         && name.matches('/').count() <= 1
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 /// A local checkpoint directory for `name_or_path`, downloading a hub id when needed.
@@ -46,7 +53,10 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let err = |message: String| ModelError::Resolve { name: name_or_path.into(), message };
+    let err = |message: String| ModelError::Resolve {
+        name: name_or_path.into(),
+        message,
+    };
     if path.exists() {
         return Err(err("is a file; give the checkpoint directory".into()));
     }
@@ -55,23 +65,35 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
     }
     let offline_hint = "run `make model` for the offline default (data/models/all-MiniLM-L6-v2) or give a local checkpoint directory";
     if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v == "1") {
-        return Err(err(format!("not a local directory, and HF_HUB_OFFLINE=1; {offline_hint}")));
+        return Err(err(format!(
+            "not a local directory, and HF_HUB_OFFLINE=1; {offline_hint}"
+        )));
     }
     let api = hf_hub::api::sync::ApiBuilder::new()
         .with_progress(false)
         .build()
-        .map_err(|e| err(format!("cannot use the Hugging Face hub ({e}); {offline_hint}")))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot use the Hugging Face hub ({e}); {offline_hint}"
+            ))
+        })?;
     let repo = api.model(name_or_path.to_string());
-    let config = repo
-        .get("config.json")
-        .map_err(|e| err(format!("not a local directory and not fetchable from the hub ({e}); {offline_hint}")))?;
+    let config = repo.get("config.json").map_err(|e| {
+        err(format!(
+            "not a local directory and not fetchable from the hub ({e}); {offline_hint}"
+        ))
+    })?;
     if repo.get("model.safetensors").is_err() {
-        repo.get("pytorch_model.bin").map_err(|e| err(format!("no weights on the hub: {e}")))?;
+        repo.get("pytorch_model.bin")
+            .map_err(|e| err(format!("no weights on the hub: {e}")))?;
     }
     for f in TOKENIZER_FILES {
         let _ = repo.get(f); // optional
     }
-    Ok(config.parent().expect("file in a snapshot dir").to_path_buf())
+    Ok(config
+        .parent()
+        .expect("file in a snapshot dir")
+        .to_path_buf())
 }
 
 impl Checkpoint {
@@ -80,27 +102,48 @@ impl Checkpoint {
         let dir = resolve(name_or_path)?;
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            return Err(ModelError::Checkpoint { path: dir, message: "no config.json".into() });
+            return Err(ModelError::Checkpoint {
+                path: dir,
+                message: "no config.json".into(),
+            });
         }
         let config = BertConfig::from_file(&config_path)?;
         let (params, report) = Params::load(&dir, &config, seed, device)?;
         let model = BertForQuestionAnswering::new(config.clone(), &params)?;
-        Ok(Checkpoint { dir, config, params, model, report })
+        Ok(Checkpoint {
+            dir,
+            config,
+            params,
+            model,
+            report,
+        })
     }
 }
 
 /// Writes an HF checkpoint directory that `BertForQuestionAnswering.from_pretrained` loads
 /// with no missing or unexpected keys, atomically: built in a temp dir beside `out`, then
 /// renamed over it. Tokenizer files are copied from `tokenizer_src` when present.
-pub fn save(out: &Path, config: &BertConfig, params: &Params, tokenizer_src: Option<&Path>) -> Result<()> {
-    let io = |path: &Path, e: std::io::Error| ModelError::Io { path: path.to_path_buf(), source: e };
+pub fn save(
+    out: &Path,
+    config: &BertConfig,
+    params: &Params,
+    tokenizer_src: Option<&Path>,
+) -> Result<()> {
+    let io = |path: &Path, e: std::io::Error| ModelError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
-    let tmp = tempfile::Builder::new().prefix(".tmp-ckpt-").tempdir_in(&parent).map_err(|e| io(&parent, e))?;
-    std::fs::write(tmp.path().join("config.json"), config.to_qa_json()).map_err(|e| io(tmp.path(), e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-ckpt-")
+        .tempdir_in(&parent)
+        .map_err(|e| io(&parent, e))?;
+    std::fs::write(tmp.path().join("config.json"), config.to_qa_json())
+        .map_err(|e| io(tmp.path(), e))?;
     params.save_safetensors(&tmp.path().join("model.safetensors"))?;
     if let Some(src) = tokenizer_src {
         for f in TOKENIZER_FILES {
@@ -118,7 +161,9 @@ pub fn save(out: &Path, config: &BertConfig, params: &Params, tokenizer_src: Opt
     }
     let old = parent.join(format!(
         ".old-{}-{}",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     if out.exists() {

@@ -62,14 +62,20 @@ fn default_position_type() -> String {
 
 impl BertConfig {
     pub fn from_json(path: &Path, text: &str) -> Result<Self, ModelError> {
-        let bad = |message: String| ModelError::Config { path: path.to_path_buf(), message };
+        let bad = |message: String| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        };
         let raw: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        let mut cfg: BertConfig =
-            serde_json::from_value(serde_json::Value::Object(raw.clone())).map_err(|e| bad(e.to_string()))?;
+        let mut cfg: BertConfig = serde_json::from_value(serde_json::Value::Object(raw.clone()))
+            .map_err(|e| bad(e.to_string()))?;
         cfg.raw = raw;
         if cfg.hidden_act != "gelu" {
-            return Err(bad(format!("hidden_act {:?} is not supported (only \"gelu\", erf)", cfg.hidden_act)));
+            return Err(bad(format!(
+                "hidden_act {:?} is not supported (only \"gelu\", erf)",
+                cfg.hidden_act
+            )));
         }
         if cfg.position_embedding_type != "absolute" {
             return Err(bad(format!(
@@ -87,14 +93,20 @@ impl BertConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         Self::from_json(path, &text)
     }
 
     /// The `config.json` of a saved QA checkpoint.
     pub fn to_qa_json(&self) -> String {
         let mut raw = self.raw.clone();
-        raw.insert("architectures".into(), serde_json::json!(["BertForQuestionAnswering"]));
+        raw.insert(
+            "architectures".into(),
+            serde_json::json!(["BertForQuestionAnswering"]),
+        );
         raw.insert("model_type".into(), serde_json::json!("bert"));
         serde_json::to_string_pretty(&serde_json::Value::Object(raw)).expect("json")
     }

@@ -3,7 +3,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: bad config.json: {message}", path.display())]
     Config { path: PathBuf, message: String },
     #[error("{}: cannot read weights: {message}", path.display())]

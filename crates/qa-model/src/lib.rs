@@ -11,7 +11,7 @@ pub mod nn;
 pub mod params;
 
 pub use batch::make_batch;
-pub use bert::{BertForQuestionAnswering, Batch};
+pub use bert::{Batch, BertForQuestionAnswering};
 pub use checkpoint::Checkpoint;
 pub use config::BertConfig;
 pub use error::{ModelError, Result};

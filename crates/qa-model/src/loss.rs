@@ -6,8 +6,14 @@ use candle_core::{DType, Result, Tensor, D};
 fn cross_entropy_ignoring(logits: &Tensor, positions: &[i64]) -> Result<Tensor> {
     let (b, len) = logits.dims2()?;
     let clamped: Vec<i64> = positions.iter().map(|&p| p.clamp(0, len as i64)).collect();
-    let valid: Vec<f32> = clamped.iter().map(|&p| if p < len as i64 { 1.0 } else { 0.0 }).collect();
-    let targets: Vec<u32> = clamped.iter().map(|&p| p.min(len as i64 - 1) as u32).collect();
+    let valid: Vec<f32> = clamped
+        .iter()
+        .map(|&p| if p < len as i64 { 1.0 } else { 0.0 })
+        .collect();
+    let targets: Vec<u32> = clamped
+        .iter()
+        .map(|&p| p.min(len as i64 - 1) as u32)
+        .collect();
     let count: f32 = valid.iter().sum();
     let device = logits.device();
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
@@ -18,7 +24,12 @@ fn cross_entropy_ignoring(logits: &Tensor, positions: &[i64]) -> Result<Tensor> 
 }
 
 /// Returns (loss, start loss, end loss).
-pub fn qa_loss(start: &Tensor, end: &Tensor, starts: &[i64], ends: &[i64]) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn qa_loss(
+    start: &Tensor,
+    end: &Tensor,
+    starts: &[i64],
+    ends: &[i64],
+) -> Result<(Tensor, Tensor, Tensor)> {
     let s = cross_entropy_ignoring(start, starts)?;
     let e = cross_entropy_ignoring(end, ends)?;
     let total = ((&s + &e)? * 0.5)?;

@@ -22,7 +22,9 @@ impl LayerNorm {
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        normed
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }
 
@@ -42,7 +44,9 @@ pub struct DropoutRng {
 
 impl DropoutRng {
     pub fn new(seed: u64) -> Self {
-        DropoutRng { rng: ChaCha8Rng::seed_from_u64(seed) }
+        DropoutRng {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     /// (seed, word position) of the stream, for checkpoints.
@@ -64,7 +68,13 @@ impl DropoutRng {
         let scale = (1.0 / (1.0 - p)) as f32;
         let p = p as f32;
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f32>() >= p { scale } else { 0.0 })
+            .map(|_| {
+                if self.rng.random::<f32>() >= p {
+                    scale
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x.mul(&mask)
@@ -98,7 +108,10 @@ mod tests {
         let dev = Device::Cpu;
         let x = Var::from_vec(vec![1f32, 2., 3., 4., -1., 0., 1., 5.], (2, 4), &dev).unwrap();
         let ln = LayerNorm {
-            weight: Var::from_vec(vec![1f32, 2., 1., 1.], 4, &dev).unwrap().as_tensor().clone(),
+            weight: Var::from_vec(vec![1f32, 2., 1., 1.], 4, &dev)
+                .unwrap()
+                .as_tensor()
+                .clone(),
             bias: Tensor::zeros(4, DType::F32, &dev).unwrap(),
             eps: 1e-12,
         };
@@ -110,7 +123,10 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{row:?}");
         }
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(grads.get(&ln.weight).is_some(), "LayerNorm weight gets a gradient");
+        assert!(
+            grads.get(&ln.weight).is_some(),
+            "LayerNorm weight gets a gradient"
+        );
         assert!(grads.get(x.as_tensor()).is_some());
     }
 
@@ -132,8 +148,14 @@ mod tests {
         let mut b = DropoutRng::new(7);
         assert_eq!(b.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(), first);
         let mut resumed = DropoutRng::from_state(seed, pos);
-        assert_eq!(resumed.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(), second);
+        assert_eq!(
+            resumed.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(),
+            second
+        );
         let kept = first.iter().flatten().filter(|&&v| v == 2.0).count();
-        assert!((80..180).contains(&kept), "about half kept and scaled by 2: {kept}");
+        assert!(
+            (80..180).contains(&kept),
+            "about half kept and scaled by 2: {kept}"
+        );
     }
 }

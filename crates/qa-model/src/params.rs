@@ -38,7 +38,9 @@ pub fn canonical_name(name: &str) -> Option<String> {
     }
     let mut n = name.to_string();
     if n.contains("LayerNorm.") {
-        n = n.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias");
+        n = n
+            .replace("LayerNorm.gamma", "LayerNorm.weight")
+            .replace("LayerNorm.beta", "LayerNorm.bias");
     }
     if !n.starts_with("bert.") && !n.starts_with("qa_outputs.") {
         n = format!("bert.{n}");
@@ -52,7 +54,12 @@ pub fn decays(name: &str) -> bool {
     name.ends_with(".weight") && !name.contains("LayerNorm")
 }
 
-fn normal_tensor(rng: &mut ChaCha8Rng, std: f64, shape: &[usize], device: &Device) -> Result<Tensor> {
+fn normal_tensor(
+    rng: &mut ChaCha8Rng,
+    std: f64,
+    shape: &[usize],
+    device: &Device,
+) -> Result<Tensor> {
     let dist = Normal::new(0f32, std as f32).expect("std > 0");
     let n: usize = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| dist.sample(rng)).collect();
@@ -66,7 +73,10 @@ impl Params {
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
         if var.dims() != shape {
-            candle_core::bail!("tensor {name} has shape {:?}, expected {shape:?}", var.dims());
+            candle_core::bail!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                var.dims()
+            );
         }
         Ok(var.as_tensor().clone())
     }
@@ -91,13 +101,20 @@ impl Params {
 
     /// Loads `model.safetensors` (or `pytorch_model.bin`) from `dir` and checks it against
     /// `config`. A missing QA head is initialised from `seed`.
-    pub fn load(dir: &Path, config: &BertConfig, seed: u64, device: &Device) -> Result<(Self, LoadReport)> {
+    pub fn load(
+        dir: &Path,
+        config: &BertConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
         let safetensors = dir.join("model.safetensors");
         let pickle = dir.join("pytorch_model.bin");
         let (file, tensors) = if safetensors.exists() {
-            let t = candle_core::safetensors::load(&safetensors, device).map_err(|e| ModelError::Weights {
-                path: safetensors.clone(),
-                message: e.to_string(),
+            let t = candle_core::safetensors::load(&safetensors, device).map_err(|e| {
+                ModelError::Weights {
+                    path: safetensors.clone(),
+                    message: e.to_string(),
+                }
             })?;
             (safetensors, t.into_iter().collect::<Vec<_>>())
         } else if pickle.exists() {
@@ -116,7 +133,9 @@ impl Params {
         let mut report = LoadReport::default();
         let mut vars = BTreeMap::new();
         for (name, tensor) in tensors {
-            let Some(canonical) = canonical_name(&name) else { continue };
+            let Some(canonical) = canonical_name(&name) else {
+                continue;
+            };
             let Some(shape) = expected.get(&canonical) else {
                 report.unexpected.push(name);
                 continue;
@@ -124,7 +143,10 @@ impl Params {
             if tensor.dims() != shape.as_slice() {
                 return Err(ModelError::Weights {
                     path: file.clone(),
-                    message: format!("tensor {name} has shape {:?}, config.json implies {shape:?}", tensor.dims()),
+                    message: format!(
+                        "tensor {name} has shape {:?}, config.json implies {shape:?}",
+                        tensor.dims()
+                    ),
                 });
             }
             let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
@@ -133,12 +155,18 @@ impl Params {
         let has_head = ["qa_outputs.weight", "qa_outputs.bias"].map(|n| vars.contains_key(n));
         if has_head == [false, false] {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let w = normal_tensor(&mut rng, config.initializer_range, &[2, config.hidden_size], device)?;
+            let w = normal_tensor(
+                &mut rng,
+                config.initializer_range,
+                &[2, config.hidden_size],
+                device,
+            )?;
             vars.insert("qa_outputs.weight".into(), Var::from_tensor(&w)?);
             vars.insert("qa_outputs.bias".into(), Var::zeros(2, DType::F32, device)?);
             report.fresh_head = true;
         }
-        let mut missing: Vec<&String> = expected.keys().filter(|n| !vars.contains_key(*n)).collect();
+        let mut missing: Vec<&String> =
+            expected.keys().filter(|n| !vars.contains_key(*n)).collect();
         missing.sort();
         if let Some(first) = missing.first() {
             return Err(ModelError::Weights {
@@ -152,7 +180,10 @@ impl Params {
 
     /// All tensors by canonical name (what `save` writes).
     pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
@@ -169,11 +200,28 @@ mod tests {
 
     #[test]
     fn names_are_canonicalised() {
-        assert_eq!(canonical_name("embeddings.word_embeddings.weight").unwrap(), "bert.embeddings.word_embeddings.weight");
-        assert_eq!(canonical_name("bert.encoder.layer.0.output.LayerNorm.gamma").unwrap(), "bert.encoder.layer.0.output.LayerNorm.weight");
-        assert_eq!(canonical_name("encoder.layer.1.attention.output.LayerNorm.beta").unwrap(), "bert.encoder.layer.1.attention.output.LayerNorm.bias");
-        assert_eq!(canonical_name("qa_outputs.bias").unwrap(), "qa_outputs.bias");
-        for ignored in ["pooler.dense.weight", "bert.pooler.dense.bias", "embeddings.position_ids", "cls.predictions.bias"] {
+        assert_eq!(
+            canonical_name("embeddings.word_embeddings.weight").unwrap(),
+            "bert.embeddings.word_embeddings.weight"
+        );
+        assert_eq!(
+            canonical_name("bert.encoder.layer.0.output.LayerNorm.gamma").unwrap(),
+            "bert.encoder.layer.0.output.LayerNorm.weight"
+        );
+        assert_eq!(
+            canonical_name("encoder.layer.1.attention.output.LayerNorm.beta").unwrap(),
+            "bert.encoder.layer.1.attention.output.LayerNorm.bias"
+        );
+        assert_eq!(
+            canonical_name("qa_outputs.bias").unwrap(),
+            "qa_outputs.bias"
+        );
+        for ignored in [
+            "pooler.dense.weight",
+            "bert.pooler.dense.bias",
+            "embeddings.position_ids",
+            "cls.predictions.bias",
+        ] {
             assert_eq!(canonical_name(ignored), None, "{ignored}");
         }
     }

@@ -42,17 +42,43 @@ fn save_then_load_gives_the_same_tensors_and_hf_layout() {
     assert!(!ck.report.fresh_head);
     for (name, var) in &params.vars {
         let back = &ck.params.vars[name];
-        assert_eq!(var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                   back.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}");
+        assert_eq!(
+            var.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            back.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            "{name}"
+        );
     }
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "BertForQuestionAnswering");
-    let names: Vec<String> = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap().into_keys().collect();
-    assert!(names.iter().all(|n| n.starts_with("bert.") || n.starts_with("qa_outputs.")), "{names:?}");
-    assert!(!names.iter().any(|n| n.contains("pooler") || n.contains("position_ids")));
+    let names: Vec<String> =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+            .unwrap()
+            .into_keys()
+            .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("bert.") || n.starts_with("qa_outputs.")),
+        "{names:?}"
+    );
+    assert!(!names
+        .iter()
+        .any(|n| n.contains("pooler") || n.contains("position_ids")));
     // Saving again over an existing checkpoint replaces it.
     save(&dir, &ck.config, &ck.params, None).unwrap();
-    assert!(std::fs::read_dir(tmp.path()).unwrap().count() == 1, "no temp dirs left");
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().count() == 1,
+        "no temp dirs left"
+    );
 }
 
 #[test]
@@ -65,14 +91,28 @@ fn unprefixed_legacy_names_and_ignored_tensors_load_the_same_model() {
     // plus a pooler and position_ids, which are ignored.
     let mut renamed: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in reference.params.tensors() {
-        let n = name.strip_prefix("bert.").unwrap_or(&name).replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta");
+        let n = name
+            .strip_prefix("bert.")
+            .unwrap_or(&name)
+            .replace("LayerNorm.weight", "LayerNorm.gamma")
+            .replace("LayerNorm.bias", "LayerNorm.beta");
         renamed.insert(n, t);
     }
-    renamed.insert("pooler.dense.weight".into(), Tensor::zeros((16, 16), candle_core::DType::F32, &Device::Cpu).unwrap());
-    renamed.insert("embeddings.position_ids".into(), Tensor::arange(0i64, 64, &Device::Cpu).unwrap());
+    renamed.insert(
+        "pooler.dense.weight".into(),
+        Tensor::zeros((16, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    renamed.insert(
+        "embeddings.position_ids".into(),
+        Tensor::arange(0i64, 64, &Device::Cpu).unwrap(),
+    );
     candle_core::safetensors::save(&renamed, dir.join("model.safetensors")).unwrap();
     let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &Device::Cpu).unwrap();
-    assert!(ck.report.unexpected.is_empty(), "{:?}", ck.report.unexpected);
+    assert!(
+        ck.report.unexpected.is_empty(),
+        "{:?}",
+        ck.report.unexpected
+    );
     assert_eq!(logits(&ck), logits(&reference));
 }
 
@@ -81,7 +121,8 @@ fn a_base_encoder_gets_a_seeded_untrained_head() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");
     tiny_checkpoint(&dir);
-    let mut t = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut t =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     t.retain(|name, _| !name.starts_with("qa_outputs"));
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
     let a = Checkpoint::load(dir.to_str().unwrap(), 5, &Device::Cpu).unwrap();
@@ -97,21 +138,36 @@ fn broken_checkpoints_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");
     tiny_checkpoint(&dir);
-    let load = |d: &std::path::Path| Checkpoint::load(d.to_str().unwrap(), 0, &Device::Cpu).err().map(|e| e.to_string()).unwrap_or_default();
+    let load = |d: &std::path::Path| {
+        Checkpoint::load(d.to_str().unwrap(), 0, &Device::Cpu)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
 
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
     let err = load(&dir);
-    assert!(err.contains("model.safetensors") && err.contains("cannot read weights"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("cannot read weights"),
+        "{err}"
+    );
     std::fs::write(dir.join("model.safetensors"), &weights).unwrap();
 
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
-    std::fs::write(dir.join("config.json"), config.replace("\"hidden_size\": 16", "\"hidden_size\": 32")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"hidden_size\": 16", "\"hidden_size\": 32"),
+    )
+    .unwrap();
     let err = load(&dir);
     assert!(err.contains("has shape"), "{err}");
     std::fs::write(dir.join("config.json"), "{not json").unwrap();
     let err = load(&dir);
-    assert!(err.contains("config.json") && err.contains("bad config.json"), "{err}");
+    assert!(
+        err.contains("config.json") && err.contains("bad config.json"),
+        "{err}"
+    );
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let err = load(&dir);
     assert!(err.contains("no config.json"), "{err}");

@@ -14,7 +14,9 @@ fn root() -> PathBuf {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn feature_fixture(name: &str) -> PathBuf {
@@ -23,7 +25,11 @@ fn feature_fixture(name: &str) -> PathBuf {
 
 fn model_dir() -> PathBuf {
     let dir = root().join("data/models/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "{} is missing: run `make model`", dir.display());
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} is missing: run `make model`",
+        dir.display()
+    );
     dir
 }
 
@@ -31,7 +37,8 @@ fn model_dir() -> PathBuf {
 fn seeded_checkpoint() -> (Checkpoint, BertForQuestionAnswering) {
     let mut ck = Checkpoint::load(model_dir().to_str().unwrap(), 1, &Device::Cpu).unwrap();
     assert!(ck.report.fresh_head, "the base model has no QA head");
-    let head = candle_core::safetensors::load(fixture("seed0_qa_head.safetensors"), &Device::Cpu).unwrap();
+    let head =
+        candle_core::safetensors::load(fixture("seed0_qa_head.safetensors"), &Device::Cpu).unwrap();
     for (name, t) in head {
         ck.params.vars.insert(name, Var::from_tensor(&t).unwrap());
     }
@@ -43,8 +50,15 @@ fn seeded_checkpoint() -> (Checkpoint, BertForQuestionAnswering) {
 fn oracle_features(path: &Path, n: usize) -> Vec<Feature> {
     let (df, _) = read_parquet(path).unwrap();
     let c = Columns::new(path, &df);
-    let (ids, types, mask) = (c.i32_lists("input_ids").unwrap(), c.i32_lists("token_type_ids").unwrap(), c.i32_lists("attention_mask").unwrap());
-    let labels = c.i32s("start_positions").ok().zip(c.i32s("end_positions").ok());
+    let (ids, types, mask) = (
+        c.i32_lists("input_ids").unwrap(),
+        c.i32_lists("token_type_ids").unwrap(),
+        c.i32_lists("attention_mask").unwrap(),
+    );
+    let labels = c
+        .i32s("start_positions")
+        .ok()
+        .zip(c.i32s("end_positions").ok());
     (0..n.min(ids.len()))
         .map(|i| {
             let len = mask[i].iter().filter(|&&m| m == 1).count();
@@ -64,20 +78,26 @@ fn oracle_features(path: &Path, n: usize) -> Vec<Feature> {
 fn max_logit_diff(model: &BertForQuestionAnswering, features: &[Feature], reference: &Path) -> f32 {
     let (df, _) = read_parquet(reference).unwrap();
     let c = Columns::new(reference, &df);
-    let (ref_start, ref_end) = (c.f32_lists("start_logits").unwrap(), c.f32_lists("end_logits").unwrap());
+    let (ref_start, ref_end) = (
+        c.f32_lists("start_logits").unwrap(),
+        c.f32_lists("end_logits").unwrap(),
+    );
     let mut worst = 0f32;
     let mut padded_rows = 0;
     for (b, chunk) in features.chunks(8).enumerate() {
         let refs: Vec<&Feature> = chunk.iter().collect();
         let batch = make_batch(&refs, None, &Device::Cpu).unwrap();
         let (start, end) = model.forward(&batch, None).unwrap();
-        let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (start.to_vec2().unwrap(), end.to_vec2().unwrap());
+        let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+            (start.to_vec2().unwrap(), end.to_vec2().unwrap());
         let batch_len = start[0].len();
         for (k, f) in chunk.iter().enumerate() {
             let i = b * 8 + k;
             padded_rows += usize::from(f.len() < batch_len);
             for p in 0..f.len() {
-                worst = worst.max((start[k][p] - ref_start[i][p]).abs()).max((end[k][p] - ref_end[i][p]).abs());
+                worst = worst
+                    .max((start[k][p] - ref_start[i][p]).abs())
+                    .max((end[k][p] - ref_end[i][p]).abs());
             }
         }
     }
@@ -90,7 +110,8 @@ fn eval_logits_match_transformers_within_1e_4() {
     let (_, model) = seeded_checkpoint();
     let tiny = oracle_features(&feature_fixture("tiny.train.ref.parquet"), 18);
     let dev = oracle_features(&feature_fixture("dev200.eval.ref.parquet"), 32);
-    let lens: std::collections::BTreeSet<usize> = tiny.iter().chain(&dev).map(Feature::len).collect();
+    let lens: std::collections::BTreeSet<usize> =
+        tiny.iter().chain(&dev).map(Feature::len).collect();
     assert!(lens.len() > 20, "varying lengths");
     let d1 = max_logit_diff(&model, &tiny, &fixture("tiny.train.logits.ref.parquet"));
     let d2 = max_logit_diff(&model, &dev, &fixture("dev32.eval.logits.ref.parquet"));
@@ -113,18 +134,38 @@ fn first_batch_loss_and_gradients_match_transformers() {
     let (loss, _, _) = qa_loss(&start, &end, &starts, &ends).unwrap();
     let loss_value = loss.to_scalar::<f32>().unwrap() as f64;
     let want = reference["loss"].as_f64().unwrap();
-    assert!((loss_value - want).abs() / want < 1e-4, "loss {loss_value} vs {want}");
+    assert!(
+        (loss_value - want).abs() / want < 1e-4,
+        "loss {loss_value} vs {want}"
+    );
 
     let grads = loss.backward().unwrap();
     let mut total = 0f64;
     for (name, var) in &ck.params.vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let sq = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let sq = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
         total += sq;
-        let want = reference["per_param_l2"][name].as_f64().unwrap_or_else(|| panic!("{name} not in reference"));
+        let want = reference["per_param_l2"][name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} not in reference"));
         let got = sq.sqrt();
-        assert!((got - want).abs() <= 1e-3 * want.max(1e-3), "{name}: grad norm {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-3 * want.max(1e-3),
+            "{name}: grad norm {got} vs {want}"
+        );
     }
     let want = reference["grad_l2_norm"].as_f64().unwrap();
-    assert!((total.sqrt() - want).abs() / want < 1e-4, "grad norm {} vs {want}", total.sqrt());
+    assert!(
+        (total.sqrt() - want).abs() / want < 1e-4,
+        "grad norm {} vs {want}",
+        total.sqrt()
+    );
 }

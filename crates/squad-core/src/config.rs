@@ -99,7 +99,9 @@ impl FromStr for ArticleRange {
         let start = a.trim().parse().map_err(|_| bad())?;
         let end = b.trim().parse().map_err(|_| bad())?;
         if end <= start {
-            return Err(format!("article range `{s}` is empty (END must be > START)"));
+            return Err(format!(
+                "article range `{s}` is empty (END must be > START)"
+            ));
         }
         Ok(ArticleRange { start, end })
     }
@@ -332,7 +334,10 @@ mod tests {
         let text = "name: t\ndata:\n  train_limit: 1000\n  dev_articles: 3..7\ntrain:\n  learning_rate: 3.0e-5\n";
         let cfg = PipelineConfig::from_yaml_str(Path::new("t.yaml"), text).unwrap();
         assert_eq!(cfg.data.train_limit, Some(1000));
-        assert_eq!(cfg.data.dev_articles, Some(ArticleRange { start: 3, end: 7 }));
+        assert_eq!(
+            cfg.data.dev_articles,
+            Some(ArticleRange { start: 3, end: 7 })
+        );
         assert_eq!(cfg.train.learning_rate, 3e-5);
         assert_eq!(cfg.train.batch_size, 8);
         assert_eq!(cfg.features.max_length, 384);
@@ -344,12 +349,18 @@ mod tests {
         let err = PipelineConfig::from_yaml_str(Path::new("typo.yaml"), text)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("typo.yaml") && err.contains("learnig_rate") && err.contains("line 3"), "{err}");
+        assert!(
+            err.contains("typo.yaml") && err.contains("learnig_rate") && err.contains("line 3"),
+            "{err}"
+        );
     }
 
     #[test]
     fn article_range_parsing() {
-        assert_eq!("2..5".parse::<ArticleRange>().unwrap(), ArticleRange { start: 2, end: 5 });
+        assert_eq!(
+            "2..5".parse::<ArticleRange>().unwrap(),
+            ArticleRange { start: 2, end: 5 }
+        );
         assert!("5..2".parse::<ArticleRange>().is_err());
         assert!("5".parse::<ArticleRange>().is_err());
     }

@@ -81,7 +81,10 @@ pub fn to_frame(examples: &[Example]) -> Result<DataFrame> {
         .into(),
         Series::new(
             col::PARAGRAPH_INDEX.into(),
-            examples.iter().map(|e| e.paragraph_index).collect::<Vec<_>>(),
+            examples
+                .iter()
+                .map(|e| e.paragraph_index)
+                .collect::<Vec<_>>(),
         )
         .into(),
     ];
@@ -119,7 +122,11 @@ pub fn from_frame(path: &Path, df: &DataFrame) -> Result<Vec<Example>> {
         if texts.len() != starts.len() {
             return Err(Error::schema(
                 path,
-                format!("row {row} (id {id}): {} answer texts but {} answer starts", texts.len(), starts.len()),
+                format!(
+                    "row {row} (id {id}): {} answer texts but {} answer starts",
+                    texts.len(),
+                    starts.len()
+                ),
             ));
         }
         out.push(Example {
@@ -205,7 +212,10 @@ mod tests {
         md.insert(meta::KIND.into(), "features".into());
         parquet_io::write_parquet(&path, &mut df, &md).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains("f.parquet") && err.contains("features"), "{err}");
+        assert!(
+            err.contains("f.parquet") && err.contains("features"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -217,7 +227,10 @@ mod tests {
         md.insert(meta::KIND.into(), meta::KIND_VALUE.into());
         parquet_io::write_parquet(&path, &mut df, &md).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains("g.parquet") && err.contains("`question`"), "{err}");
+        assert!(
+            err.contains("g.parquet") && err.contains("`question`"),
+            "{err}"
+        );
     }
 
     #[test]

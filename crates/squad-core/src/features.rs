@@ -92,13 +92,28 @@ pub fn to_frame(features: &[Feature], split: FeatureSplit) -> Result<DataFrame> 
     let mut columns = vec![
         Series::new(
             col::EXAMPLE_ID.into(),
-            features.iter().map(|f| f.example_id.as_str()).collect::<Vec<_>>(),
+            features
+                .iter()
+                .map(|f| f.example_id.as_str())
+                .collect::<Vec<_>>(),
         )
         .into(),
-        u32_column(col::EXAMPLE_INDEX, features.iter().map(|f| f.example_index).collect()),
-        u32_column(col::WINDOW_INDEX, features.iter().map(|f| f.window_index).collect()),
-        i32_list_column(col::INPUT_IDS, features.iter().map(|f| f.input_ids.as_slice())),
-        i32_list_column(col::TOKEN_TYPE_IDS, features.iter().map(|f| f.token_type_ids.as_slice())),
+        u32_column(
+            col::EXAMPLE_INDEX,
+            features.iter().map(|f| f.example_index).collect(),
+        ),
+        u32_column(
+            col::WINDOW_INDEX,
+            features.iter().map(|f| f.window_index).collect(),
+        ),
+        i32_list_column(
+            col::INPUT_IDS,
+            features.iter().map(|f| f.input_ids.as_slice()),
+        ),
+        i32_list_column(
+            col::TOKEN_TYPE_IDS,
+            features.iter().map(|f| f.token_type_ids.as_slice()),
+        ),
     ];
     let missing = |what: &str| Error::Parquet {
         path: "<features>".into(),
@@ -110,18 +125,42 @@ pub fn to_frame(features: &[Feature], split: FeatureSplit) -> Result<DataFrame> 
                 .iter()
                 .map(|f| f.labels.ok_or_else(|| missing("labels")))
                 .collect::<Result<_>>()?;
-            columns.push(Series::new(col::START_POSITION.into(), labels.iter().map(|l| l.0).collect::<Vec<_>>()).into());
-            columns.push(Series::new(col::END_POSITION.into(), labels.iter().map(|l| l.1).collect::<Vec<_>>()).into());
+            columns.push(
+                Series::new(
+                    col::START_POSITION.into(),
+                    labels.iter().map(|l| l.0).collect::<Vec<_>>(),
+                )
+                .into(),
+            );
+            columns.push(
+                Series::new(
+                    col::END_POSITION.into(),
+                    labels.iter().map(|l| l.1).collect::<Vec<_>>(),
+                )
+                .into(),
+            );
         }
         FeatureSplit::Eval => {
             let offsets: Vec<&Vec<(i32, i32)>> = features
                 .iter()
                 .map(|f| f.offsets.as_ref().ok_or_else(|| missing("offsets")))
                 .collect::<Result<_>>()?;
-            let starts: Vec<Vec<i32>> = offsets.iter().map(|o| o.iter().map(|x| x.0).collect()).collect();
-            let ends: Vec<Vec<i32>> = offsets.iter().map(|o| o.iter().map(|x| x.1).collect()).collect();
-            columns.push(i32_list_column(col::OFFSET_START, starts.iter().map(Vec::as_slice)));
-            columns.push(i32_list_column(col::OFFSET_END, ends.iter().map(Vec::as_slice)));
+            let starts: Vec<Vec<i32>> = offsets
+                .iter()
+                .map(|o| o.iter().map(|x| x.0).collect())
+                .collect();
+            let ends: Vec<Vec<i32>> = offsets
+                .iter()
+                .map(|o| o.iter().map(|x| x.1).collect())
+                .collect();
+            columns.push(i32_list_column(
+                col::OFFSET_START,
+                starts.iter().map(Vec::as_slice),
+            ));
+            columns.push(i32_list_column(
+                col::OFFSET_END,
+                ends.iter().map(Vec::as_slice),
+            ));
         }
     }
     DataFrame::new(features.len(), columns).map_err(|e| Error::Parquet {
@@ -165,9 +204,13 @@ pub fn from_frame(path: &Path, df: &DataFrame, split: FeatureSplit) -> Result<Ve
         .zip(labels.into_iter().zip(offsets))
         .enumerate()
     {
-        let consistent = types.len() == ids_.len() && off.as_ref().is_none_or(|o| o.len() == ids_.len());
+        let consistent =
+            types.len() == ids_.len() && off.as_ref().is_none_or(|o| o.len() == ids_.len());
         if !consistent {
-            return Err(Error::schema(path, format!("row {row}: list columns of different lengths")));
+            return Err(Error::schema(
+                path,
+                format!("row {row}: list columns of different lengths"),
+            ));
         }
         out.push(Feature {
             example_id: id,
@@ -182,7 +225,12 @@ pub fn from_frame(path: &Path, df: &DataFrame, split: FeatureSplit) -> Result<Ve
     Ok(out)
 }
 
-pub fn write(path: &Path, features: &[Feature], split: FeatureSplit, metadata: &Metadata) -> Result<()> {
+pub fn write(
+    path: &Path,
+    features: &[Feature],
+    split: FeatureSplit,
+    metadata: &Metadata,
+) -> Result<()> {
     let mut df = to_frame(features, split)?;
     let mut metadata = metadata.clone();
     metadata.insert(crate::examples::meta::KIND.into(), meta::KIND_VALUE.into());
@@ -197,7 +245,12 @@ pub fn read(path: &Path) -> Result<(Vec<Feature>, FeatureSplit, Metadata)> {
     let split = match metadata.get(meta::SPLIT).map(String::as_str) {
         Some("train") => FeatureSplit::Train,
         Some("eval") => FeatureSplit::Eval,
-        other => return Err(Error::schema(path, format!("unknown features split {other:?}"))),
+        other => {
+            return Err(Error::schema(
+                path,
+                format!("unknown features split {other:?}"),
+            ))
+        }
     };
     Ok((from_frame(path, &df, split)?, split, metadata))
 }
@@ -223,7 +276,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (split, f) in [
             (FeatureSplit::Train, feature(Some((3, 3)), None)),
-            (FeatureSplit::Eval, feature(None, Some(vec![(-1, -1), (-1, -1), (-1, -1), (0, 4), (-1, -1)]))),
+            (
+                FeatureSplit::Eval,
+                feature(
+                    None,
+                    Some(vec![(-1, -1), (-1, -1), (-1, -1), (0, 4), (-1, -1)]),
+                ),
+            ),
         ] {
             let path = dir.path().join(format!("{}.parquet", split.as_str()));
             let mut md = Metadata::new();
@@ -242,6 +301,9 @@ mod tests {
         let path = dir.path().join("ex.parquet");
         crate::examples::write(&path, &[], &Metadata::new()).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains("ex.parquet") && err.contains("examples"), "{err}");
+        assert!(
+            err.contains("ex.parquet") && err.contains("examples"),
+            "{err}"
+        );
     }
 }

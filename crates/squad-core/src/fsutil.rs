@@ -104,7 +104,10 @@ mod tests {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(b"{\"x\": 1}").unwrap();
         std::fs::write(&gz, enc.finish().unwrap()).unwrap();
-        assert_eq!(read_maybe_gzip(&plain).unwrap(), read_maybe_gzip(&gz).unwrap());
+        assert_eq!(
+            read_maybe_gzip(&plain).unwrap(),
+            read_maybe_gzip(&gz).unwrap()
+        );
     }
 
     #[test]
@@ -116,7 +119,10 @@ mod tests {
         let bytes = enc.finish().unwrap();
         std::fs::write(&gz, &bytes[..bytes.len() / 2]).unwrap();
         let err = read_maybe_gzip(&gz).unwrap_err().to_string();
-        assert!(err.contains("cut.json.gz") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("cut.json.gz") && err.contains("truncated"),
+            "{err}"
+        );
     }
 
     #[test]

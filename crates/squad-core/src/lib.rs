@@ -8,6 +8,7 @@ pub mod features;
 pub mod fsutil;
 pub mod metric;
 pub mod parquet_io;
+pub mod postprocess;
 pub mod text;
 
 pub use config::PipelineConfig;

@@ -25,13 +25,18 @@ const ASCII_PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 pub fn normalize_answer(s: &str) -> String {
     let lower = s.to_lowercase();
-    let no_punct: String = lower.chars().filter(|c| !ASCII_PUNCTUATION.contains(*c)).collect();
+    let no_punct: String = lower
+        .chars()
+        .filter(|c| !ASCII_PUNCTUATION.contains(*c))
+        .collect();
     let no_articles = ARTICLES.replace_all(&no_punct, " ");
     python_split(&no_articles).collect::<Vec<_>>().join(" ")
 }
 
 fn tokens(s: &str) -> Vec<String> {
-    python_split(&normalize_answer(s)).map(str::to_owned).collect()
+    python_split(&normalize_answer(s))
+        .map(str::to_owned)
+        .collect()
 }
 
 fn overlap(a: &[String], b: &[String]) -> usize {
@@ -97,12 +102,20 @@ pub fn evaluate_v1(gold: &[Gold], predictions: &HashMap<String, String>) -> V1Sc
             missing.push(q.id.clone());
             continue;
         };
-        em += q.answers.iter().map(|g| f64::from(u8::from(exact_match(pred, g)))).fold(0.0, f64::max);
+        em += q
+            .answers
+            .iter()
+            .map(|g| f64::from(u8::from(exact_match(pred, g))))
+            .fold(0.0, f64::max);
         f1 += q.answers.iter().map(|g| f1_v1(pred, g)).fold(0.0, f64::max);
     }
     let n = gold.len() as f64;
     let pct = |x: f64| if gold.is_empty() { 0.0 } else { 100.0 * x / n };
-    V1Scores { exact_match: pct(em), f1: pct(f1), missing }
+    V1Scores {
+        exact_match: pct(em),
+        f1: pct(f1),
+        missing,
+    }
 }
 
 /// Official v2.0 output: exact, f1, total, HasAns_*, NoAns_*, and best_* with no-answer
@@ -113,7 +126,10 @@ pub fn evaluate_v2(
     na_probs: Option<&[(String, f64)]>,
     na_prob_thresh: f64,
 ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    let has_answer: HashMap<&str, bool> = gold.iter().map(|q| (q.id.as_str(), !q.answers.is_empty())).collect();
+    let has_answer: HashMap<&str, bool> = gold
+        .iter()
+        .map(|q| (q.id.as_str(), !q.answers.is_empty()))
+        .collect();
     let zero: Vec<(String, f64)>;
     let na_list: &[(String, f64)] = match na_probs {
         Some(p) => p,
@@ -126,16 +142,28 @@ pub fn evaluate_v2(
     // Raw scores in data order, predicted questions only.
     let mut raw: Vec<(&str, f64, f64)> = Vec::new();
     for q in gold {
-        let Some(pred) = predictions.get(&q.id) else { continue };
-        let golds: Vec<&str> = q.answers.iter().map(String::as_str).filter(|a| !normalize_answer(a).is_empty()).collect();
+        let Some(pred) = predictions.get(&q.id) else {
+            continue;
+        };
+        let golds: Vec<&str> = q
+            .answers
+            .iter()
+            .map(String::as_str)
+            .filter(|a| !normalize_answer(a).is_empty())
+            .collect();
         let golds = if golds.is_empty() { vec![""] } else { golds };
-        let em = golds.iter().map(|g| f64::from(u8::from(exact_match(pred, g)))).fold(0.0, f64::max);
+        let em = golds
+            .iter()
+            .map(|g| f64::from(u8::from(exact_match(pred, g))))
+            .fold(0.0, f64::max);
         let f1 = golds.iter().map(|g| f1_v2(pred, g)).fold(0.0, f64::max);
         raw.push((&q.id, em, f1));
     }
     let mut thresholded = Vec::with_capacity(raw.len());
     for &(id, em, f1) in &raw {
-        let p = *na.get(id).ok_or_else(|| format!("no no-answer probability for question {id:?}"))?;
+        let p = *na
+            .get(id)
+            .ok_or_else(|| format!("no no-answer probability for question {id:?}"))?;
         if p > na_prob_thresh {
             let v = f64::from(u8::from(!has_answer[id]));
             thresholded.push((id, v, v));
@@ -146,7 +174,13 @@ pub fn evaluate_v2(
     let mut out = serde_json::Map::new();
     let summary = |rows: &[&(&str, f64, f64)]| -> (f64, f64, usize) {
         let n = rows.len();
-        let mean = |f: fn(&(&str, f64, f64)) -> f64| if n == 0 { 0.0 } else { 100.0 * rows.iter().map(|r| f(r)).sum::<f64>() / n as f64 };
+        let mean = |f: fn(&(&str, f64, f64)) -> f64| {
+            if n == 0 {
+                0.0
+            } else {
+                100.0 * rows.iter().map(|r| f(r)).sum::<f64>() / n as f64
+            }
+        };
         (mean(|r| r.1), mean(|r| r.2), n)
     };
     let all: Vec<&(&str, f64, f64)> = thresholded.iter().collect();
@@ -155,7 +189,10 @@ pub fn evaluate_v2(
     out.insert("f1".into(), f.into());
     out.insert("total".into(), n.into());
     for (prefix, want) in [("HasAns", true), ("NoAns", false)] {
-        let rows: Vec<&(&str, f64, f64)> = thresholded.iter().filter(|r| has_answer[r.0] == want).collect();
+        let rows: Vec<&(&str, f64, f64)> = thresholded
+            .iter()
+            .filter(|r| has_answer[r.0] == want)
+            .collect();
         if !rows.is_empty() {
             let (e, f, n) = summary(&rows);
             out.insert(format!("{prefix}_exact"), e.into());
@@ -168,11 +205,22 @@ pub fn evaluate_v2(
         let mut order: Vec<&(String, f64)> = na_list.iter().collect();
         order.sort_by(|a, b| a.1.total_cmp(&b.1)); // stable, as Python's sorted
         for (name, col) in [("exact", 1usize), ("f1", 2)] {
-            let scores: HashMap<&str, f64> = raw.iter().map(|r| (r.0, if col == 1 { r.1 } else { r.2 })).collect();
+            let scores: HashMap<&str, f64> = raw
+                .iter()
+                .map(|r| (r.0, if col == 1 { r.1 } else { r.2 }))
+                .collect();
             let (mut cur, mut best, mut thresh) = (no_answers, no_answers, 0.0);
             for (id, p) in &order {
-                let Some(&s) = scores.get(id.as_str()) else { continue };
-                cur += if has_answer[id.as_str()] { s } else if predictions[id].is_empty() { 0.0 } else { -1.0 };
+                let Some(&s) = scores.get(id.as_str()) else {
+                    continue;
+                };
+                cur += if has_answer[id.as_str()] {
+                    s
+                } else if predictions[id].is_empty() {
+                    0.0
+                } else {
+                    -1.0
+                };
                 if cur > best {
                     best = cur;
                     thresh = *p;
@@ -187,9 +235,15 @@ pub fn evaluate_v2(
 }
 
 /// Ids of `predictions` that are not questions of `gold` (ignored by the metric).
-pub fn unknown_ids<'a>(gold: &[Gold], predictions: impl IntoIterator<Item = &'a String>) -> Vec<&'a String> {
+pub fn unknown_ids<'a>(
+    gold: &[Gold],
+    predictions: impl IntoIterator<Item = &'a String>,
+) -> Vec<&'a String> {
     let known: HashSet<&str> = gold.iter().map(|q| q.id.as_str()).collect();
-    predictions.into_iter().filter(|id| !known.contains(id.as_str())).collect()
+    predictions
+        .into_iter()
+        .filter(|id| !known.contains(id.as_str()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,7 +282,10 @@ impl<'de, V: serde::Deserialize<'de>> serde::Deserialize<'de> for OrderedMap<V> 
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, V>()? {
                     out.push((k, v));

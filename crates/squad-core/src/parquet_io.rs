@@ -60,7 +60,10 @@ fn footer_metadata(path: &Path, reader: &mut ParquetReader<File>) -> Result<Meta
 
 /// Fails unless the file's `squad_qa.kind` metadata is `kind` (made by `producer`).
 pub fn expect_kind(path: &Path, metadata: &Metadata, kind: &str, producer: &str) -> Result<()> {
-    match metadata.get(crate::examples::meta::KIND).map(String::as_str) {
+    match metadata
+        .get(crate::examples::meta::KIND)
+        .map(String::as_str)
+    {
         Some(k) if k == kind => Ok(()),
         Some(other) => Err(Error::schema(
             path,
@@ -116,7 +119,9 @@ impl<'a> Columns<'a> {
 
     pub fn strings(&self, name: &str) -> Result<Vec<String>> {
         let s = self.column(name)?;
-        let ca = s.str().map_err(|_| self.wrong_type(name, "string", s.dtype()))?;
+        let ca = s
+            .str()
+            .map_err(|_| self.wrong_type(name, "string", s.dtype()))?;
         ca.iter()
             .enumerate()
             .map(|(row, v)| v.map(str::to_owned).ok_or_else(|| self.null_in(name, row)))
@@ -125,7 +130,9 @@ impl<'a> Columns<'a> {
 
     pub fn bools(&self, name: &str) -> Result<Vec<bool>> {
         let s = self.column(name)?;
-        let ca = s.bool().map_err(|_| self.wrong_type(name, "bool", s.dtype()))?;
+        let ca = s
+            .bool()
+            .map_err(|_| self.wrong_type(name, "bool", s.dtype()))?;
         ca.iter()
             .enumerate()
             .map(|(row, v)| v.ok_or_else(|| self.null_in(name, row)))
@@ -134,7 +141,9 @@ impl<'a> Columns<'a> {
 
     pub fn i32s(&self, name: &str) -> Result<Vec<i32>> {
         let s = self.column(name)?;
-        let ca = s.i32().map_err(|_| self.wrong_type(name, "i32", s.dtype()))?;
+        let ca = s
+            .i32()
+            .map_err(|_| self.wrong_type(name, "i32", s.dtype()))?;
         ca.iter()
             .enumerate()
             .map(|(row, v)| v.ok_or_else(|| self.null_in(name, row)))
@@ -143,7 +152,9 @@ impl<'a> Columns<'a> {
 
     pub fn u32s(&self, name: &str) -> Result<Vec<u32>> {
         let s = self.column(name)?;
-        let ca = s.u32().map_err(|_| self.wrong_type(name, "u32", s.dtype()))?;
+        let ca = s
+            .u32()
+            .map_err(|_| self.wrong_type(name, "u32", s.dtype()))?;
         ca.iter()
             .enumerate()
             .map(|(row, v)| v.ok_or_else(|| self.null_in(name, row)))
@@ -195,7 +206,10 @@ impl Columns<'_> {
             .map(|(row, item)| {
                 let item = item.ok_or_else(|| self.null_in(name, row))?;
                 let inner = item.as_ref().f32().map_err(|_| wrong())?;
-                inner.iter().map(|v| v.ok_or_else(|| self.null_in(name, row))).collect()
+                inner
+                    .iter()
+                    .map(|v| v.ok_or_else(|| self.null_in(name, row)))
+                    .collect()
             })
             .collect()
     }
@@ -215,8 +229,12 @@ pub fn string_list_column<'a>(
 
 /// Builds a `list<i32>` column.
 pub fn i32_list_column<'a>(name: &str, rows: impl ExactSizeIterator<Item = &'a [i32]>) -> Column {
-    let mut builder =
-        ListPrimitiveChunkedBuilder::<Int32Type>::new(name.into(), rows.len(), rows.len(), DataType::Int32);
+    let mut builder = ListPrimitiveChunkedBuilder::<Int32Type>::new(
+        name.into(),
+        rows.len(),
+        rows.len(),
+        DataType::Int32,
+    );
     for row in rows {
         builder.append_slice(row);
     }

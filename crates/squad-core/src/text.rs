@@ -22,6 +22,9 @@ mod tests {
     #[test]
     fn matches_python() {
         assert_eq!(python_lstrip("\u{1f} \u{a0}x y"), "x y");
-        assert_eq!(python_split(" a\u{1c}b\u{3000}c ").collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            python_split(" a\u{1c}b\u{3000}c ").collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
     }
 }

@@ -101,9 +101,8 @@ pub fn read_squad(path: &Path, options: &IngestOptions) -> Result<Ingested, Inge
                 if !keep {
                     continue;
                 }
-                let problem = check_question(&context, &qa).or_else(|| {
-                    (!seen_ids.insert(qa.id.clone())).then_some(Problem::DuplicateId)
-                });
+                let problem = check_question(&context, &qa)
+                    .or_else(|| (!seen_ids.insert(qa.id.clone())).then_some(Problem::DuplicateId));
                 if let Some(problem) = problem {
                     invalid.push(Invalid {
                         article: a,

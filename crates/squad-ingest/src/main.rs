@@ -5,8 +5,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use squad_core::config::{ArticleRange, Split};
-use squad_core::PipelineConfig;
 use squad_core::fsutil::sibling_path;
+use squad_core::PipelineConfig;
 use squad_ingest::{read_squad, stats, write_outputs, IngestOptions, Selection, Shard};
 
 /// Read a SQuAD v1.1/v2.0 file (.json or .json.gz), validate it and write one Parquet row per
@@ -14,7 +14,11 @@ use squad_ingest::{read_squad, stats, write_outputs, IngestOptions, Selection, S
 ///
 /// Exit codes: 0 ok, 1 failed (bad input; nothing is written), 2 usage error.
 #[derive(Parser)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -143,11 +147,17 @@ fn run_stats(args: StatsArgs) -> Result<ExitCode> {
     let (examples, metadata) = squad_core::examples::read(&args.examples)?;
     let stats = stats::Stats::of(&examples);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats).context("serialising stats")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&stats).context("serialising stats")?
+        );
     } else {
         let source = metadata.get("source_file").map_or("?", String::as_str);
         let version = metadata.get("squad_version").map_or("?", String::as_str);
-        println!("{} (source {source}, SQuAD {version})", args.examples.display());
+        println!(
+            "{} (source {source}, SQuAD {version})",
+            args.examples.display()
+        );
         print!("{}", stats.render());
     }
     print!("{}", stats::render_samples(&examples, args.show));

@@ -44,7 +44,10 @@ pub struct Selection {
     pub shard: Option<Shard>,
 }
 
-fn display_opt<T: fmt::Display, S: serde::Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+fn display_opt<T: fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match v {
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
@@ -74,11 +77,17 @@ mod tests {
 
     #[test]
     fn shards_partition_a_limited_selection() {
-        let whole = Selection { limit: Some(10), ..Default::default() };
+        let whole = Selection {
+            limit: Some(10),
+            ..Default::default()
+        };
         let kept: Vec<usize> = (0..20).filter(|&p| whole.keeps_position(p)).collect();
         let mut union: Vec<usize> = (0..3)
             .flat_map(|i| {
-                let s = Selection { shard: Some(Shard { index: i, count: 3 }), ..whole };
+                let s = Selection {
+                    shard: Some(Shard { index: i, count: 3 }),
+                    ..whole
+                };
                 (0..20).filter(move |&p| s.keeps_position(p))
             })
             .collect();
@@ -88,7 +97,10 @@ mod tests {
 
     #[test]
     fn shard_parsing() {
-        assert_eq!("1/4".parse::<Shard>().unwrap(), Shard { index: 1, count: 4 });
+        assert_eq!(
+            "1/4".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 4 }
+        );
         assert!("4/4".parse::<Shard>().is_err());
         assert!("1/0".parse::<Shard>().is_err());
         assert!("x".parse::<Shard>().is_err());

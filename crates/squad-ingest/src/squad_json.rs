@@ -42,7 +42,10 @@ pub struct Answer {
 impl SquadFile {
     /// "2.0" when the file says so or any question carries `is_impossible`, else "1.1".
     pub fn squad_version(&self) -> &'static str {
-        let says_v2 = self.version.as_deref().is_some_and(|v| v.trim_start_matches('v').starts_with('2'));
+        let says_v2 = self
+            .version
+            .as_deref()
+            .is_some_and(|v| v.trim_start_matches('v').starts_with('2'));
         let has_v2_field = self
             .data
             .iter()

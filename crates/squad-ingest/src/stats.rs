@@ -56,7 +56,11 @@ impl Quantiles {
         let sum: usize = values.iter().sum();
         Quantiles {
             count: values.len(),
-            mean: if values.is_empty() { 0.0 } else { sum as f64 / values.len() as f64 },
+            mean: if values.is_empty() {
+                0.0
+            } else {
+                sum as f64 / values.len() as f64
+            },
             min: q(0.0),
             p25: q(0.25),
             p50: q(0.5),
@@ -110,7 +114,12 @@ impl Stats {
             unanswerable: examples.iter().filter(|e| e.is_impossible).count(),
             context_chars: Quantiles::of(context_chars),
             context_words: Quantiles::of(context_words),
-            question_chars: Quantiles::of(examples.iter().map(|e| e.question.chars().count()).collect()),
+            question_chars: Quantiles::of(
+                examples
+                    .iter()
+                    .map(|e| e.question.chars().count())
+                    .collect(),
+            ),
             question_words: Quantiles::of(examples.iter().map(|e| words(&e.question)).collect()),
             answer_chars: Quantiles::of(all_answers().map(|a| a.chars().count()).collect()),
             answer_words: Quantiles::of(all_answers().map(|a| words(a)).collect()),
@@ -169,7 +178,11 @@ pub fn render_samples(examples: &[Example], k: usize) -> String {
             format!("{:?} @ char {}", e.answer_texts[0], e.answer_starts[0])
         };
         let context: String = e.context.chars().take(160).collect();
-        let ellipsis = if e.context.chars().count() > 160 { "…" } else { "" };
+        let ellipsis = if e.context.chars().count() > 160 {
+            "…"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
             "\n[{}] {} — {}\n  Q: {}\n  A: {}\n  C: {}{}",

@@ -37,9 +37,20 @@ pub enum Problem {
     EmptyQuestion,
     NoAnswers,
     UnanswerableWithAnswers,
-    EmptyAnswer { answer: usize },
-    AnswerOutOfRange { answer: usize, start: i64, context_chars: usize },
-    AnswerMismatch { answer: usize, start: i64, expected: String, found: String },
+    EmptyAnswer {
+        answer: usize,
+    },
+    AnswerOutOfRange {
+        answer: usize,
+        start: i64,
+        context_chars: usize,
+    },
+    AnswerMismatch {
+        answer: usize,
+        start: i64,
+        expected: String,
+        found: String,
+    },
     DuplicateId,
 }
 

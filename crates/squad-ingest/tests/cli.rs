@@ -12,7 +12,9 @@ use squad_core::Example;
 const BIN: &str = env!("CARGO_BIN_EXE_squad-ingest");
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -24,7 +26,12 @@ fn stderr(out: &Output) -> String {
 }
 
 fn ingest(input: &Path, output: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()];
+    let mut args = vec![
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -50,10 +57,18 @@ fn answers_are_character_offsets_into_non_ascii_contexts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("mini.examples.parquet");
     let examples = ingest_ok(&fixture("mini-v1.json"), &out, &[]);
-    assert_eq!(ids(&examples), ["d1", "d2", "y1", "y2", "k1", "k2", "k3", "s1", "s2"]);
+    assert_eq!(
+        ids(&examples),
+        ["d1", "d2", "y1", "y2", "k1", "k2", "k3", "s1", "s2"]
+    );
     for e in &examples {
         for (text, &start) in e.answer_texts.iter().zip(&e.answer_starts) {
-            let found: String = e.context.chars().skip(start as usize).take(text.chars().count()).collect();
+            let found: String = e
+                .context
+                .chars()
+                .skip(start as usize)
+                .take(text.chars().count())
+                .collect();
             assert_eq!(&found, text, "{}", e.id);
         }
     }
@@ -66,7 +81,10 @@ fn answers_are_character_offsets_into_non_ascii_contexts() {
     assert_eq!(by_id("y1").title, "长江");
     // The question is stored as given (features strip leading whitespace, like HF).
     assert_eq!(by_id("d2").question, "  Was liegt am Rhein?");
-    assert_eq!((by_id("k3").article_index, by_id("k3").paragraph_index), (1, 1));
+    assert_eq!(
+        (by_id("k3").article_index, by_id("k3").paragraph_index),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -91,17 +109,31 @@ fn limit_shard_and_article_selection() {
     let dir = tempfile::tempdir().unwrap();
     let input = fixture("mini-v1.json");
     let o = |n: &str| dir.path().join(n);
-    assert_eq!(ids(&ingest_ok(&input, &o("l.parquet"), &["--limit", "3"])), ["d1", "d2", "y1"]);
+    assert_eq!(
+        ids(&ingest_ok(&input, &o("l.parquet"), &["--limit", "3"])),
+        ["d1", "d2", "y1"]
+    );
     assert_eq!(
         ids(&ingest_ok(&input, &o("a.parquet"), &["--articles", "1..2"])),
         ["y1", "y2", "k1", "k2", "k3"]
     );
-    let s0 = ingest_ok(&input, &o("s0.parquet"), &["--limit", "7", "--shard", "0/2"]);
-    let s1 = ingest_ok(&input, &o("s1.parquet"), &["--limit", "7", "--shard", "1/2"]);
+    let s0 = ingest_ok(
+        &input,
+        &o("s0.parquet"),
+        &["--limit", "7", "--shard", "0/2"],
+    );
+    let s1 = ingest_ok(
+        &input,
+        &o("s1.parquet"),
+        &["--limit", "7", "--shard", "1/2"],
+    );
     assert_eq!(ids(&s0), ["d1", "y1", "k1", "k3"]);
     assert_eq!(ids(&s1), ["d2", "y2", "k2"]);
     let md = squad_core::parquet_io::read_metadata(&o("s1.parquet")).unwrap();
-    assert_eq!(md[meta::SELECTION], r#"{"articles":null,"limit":7,"shard":"1/2"}"#);
+    assert_eq!(
+        md[meta::SELECTION],
+        r#"{"articles":null,"limit":7,"shard":"1/2"}"#
+    );
 }
 
 #[test]
@@ -116,7 +148,8 @@ fn v2_unanswerable_questions_and_stats_json() {
     assert_eq!(md[meta::SQUAD_VERSION], "2.0");
 
     let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("v2.examples.stats.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("v2.examples.stats.json")).unwrap())
+            .unwrap();
     assert_eq!(stats["stats"]["questions"], 4);
     assert_eq!(stats["stats"]["unanswerable"], 2);
     assert_eq!(stats["stats"]["answers"], 2);
@@ -133,14 +166,23 @@ fn stats_command_prints_counts_words_and_samples() {
     let res = run(&["stats", out.to_str().unwrap(), "--show", "2"]);
     assert!(res.status.success(), "{}", stderr(&res));
     let text = String::from_utf8(res.stdout).unwrap();
-    assert!(text.contains("articles 3  paragraphs 4  questions 9  answers 10  unanswerable 0"), "{text}");
+    assert!(
+        text.contains("articles 3  paragraphs 4  questions 9  answers 10  unanswerable 0"),
+        "{text}"
+    );
     assert!(text.contains("context chars"), "{text}");
     assert!(text.contains("  Q: "), "{text}");
     let res = run(&["stats", out.to_str().unwrap(), "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     // "how" and "what" open 2 questions each: ties break alphabetically.
-    assert_eq!(json["question_first_words"][0], serde_json::json!(["how", 2]));
-    assert_eq!(json["question_first_words"][1], serde_json::json!(["what", 2]));
+    assert_eq!(
+        json["question_first_words"][0],
+        serde_json::json!(["how", 2])
+    );
+    assert_eq!(
+        json["question_first_words"][1],
+        serde_json::json!(["what", 2])
+    );
 }
 
 #[test]
@@ -156,7 +198,14 @@ fn config_split_supplies_input_and_limit_and_flags_override() {
     )
     .unwrap();
     let out = dir.path().join("dev.examples.parquet");
-    let args = ["--config", cfg.to_str().unwrap(), "--split", "dev", "--output", out.to_str().unwrap()];
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "--split",
+        "dev",
+        "--output",
+        out.to_str().unwrap(),
+    ];
     let res = run(&args);
     assert!(res.status.success(), "{}", stderr(&res));
     assert_eq!(ids(&examples::read(&out).unwrap().0), ["d1", "d2"]);
@@ -183,8 +232,15 @@ fn assert_rejected(input_name: &str, bytes: &[u8], place: &[&str]) {
     for p in place {
         assert!(err.contains(p), "mentions {p:?}: {err}");
     }
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left, [std::ffi::OsString::from(input_name)], "no output left behind");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from(input_name)],
+        "no output left behind"
+    );
 }
 
 fn one_question(context: &str, question: &str, answers: &str) -> Vec<u8> {
@@ -196,7 +252,11 @@ fn one_question(context: &str, question: &str, answers: &str) -> Vec<u8> {
 
 #[test]
 fn malformed_json_names_line_and_column() {
-    assert_rejected("bad.json", b"{\"version\": \"1.1\",\n \"data\": [\n  {\"title\": }]}", &["line 3", "column"]);
+    assert_rejected(
+        "bad.json",
+        b"{\"version\": \"1.1\",\n \"data\": [\n  {\"title\": }]}",
+        &["line 3", "column"],
+    );
 }
 
 #[test]
@@ -207,8 +267,16 @@ fn truncated_gzip() {
 
 #[test]
 fn wrong_top_level_shape() {
-    assert_rejected("list.json", b"[1, 2, 3]", &["not valid SQuAD JSON", "line 1"]);
-    assert_rejected("nodata.json", b"{\"version\": \"1.1\"}", &["missing field `data`"]);
+    assert_rejected(
+        "list.json",
+        b"[1, 2, 3]",
+        &["not valid SQuAD JSON", "line 1"],
+    );
+    assert_rejected(
+        "nodata.json",
+        b"{\"version\": \"1.1\"}",
+        &["missing field `data`"],
+    );
 }
 
 #[test]
@@ -227,23 +295,53 @@ fn missing_required_field() {
 
 #[test]
 fn answer_text_not_at_its_char_offset() {
-    let bytes = one_question("Düsseldorf am Rhein", "Wo?", r#"[{"text":"Rhein","answer_start":15}]"#);
-    assert_rejected("shifted.json", &bytes, &["article 0 \"T\", paragraph 0, question \"q0\"", "char 15", "--lenient"]);
+    let bytes = one_question(
+        "Düsseldorf am Rhein",
+        "Wo?",
+        r#"[{"text":"Rhein","answer_start":15}]"#,
+    );
+    assert_rejected(
+        "shifted.json",
+        &bytes,
+        &[
+            "article 0 \"T\", paragraph 0, question \"q0\"",
+            "char 15",
+            "--lenient",
+        ],
+    );
     let bytes = one_question("short", "Wo?", r#"[{"text":"shorter","answer_start":0}]"#);
     assert_rejected("past.json", &bytes, &["runs past the context"]);
 }
 
 #[test]
 fn empty_context_question_and_missing_answers() {
-    assert_rejected("ectx.json", &one_question(" ", "q?", "[]"), &["empty context"]);
-    assert_rejected("eq.json", &one_question("ctx", "  ", r#"[{"text":"ctx","answer_start":0}]"#), &["empty question"]);
-    assert_rejected("noans.json", &one_question("ctx", "q?", "[]"), &["no answers"]);
+    assert_rejected(
+        "ectx.json",
+        &one_question(" ", "q?", "[]"),
+        &["empty context"],
+    );
+    assert_rejected(
+        "eq.json",
+        &one_question("ctx", "  ", r#"[{"text":"ctx","answer_start":0}]"#),
+        &["empty question"],
+    );
+    assert_rejected(
+        "noans.json",
+        &one_question("ctx", "q?", "[]"),
+        &["no answers"],
+    );
 }
 
 #[test]
 fn duplicate_ids() {
-    let text = std::fs::read_to_string(fixture("mini-v1.json")).unwrap().replace("\"y2\"", "\"y1\"");
-    assert_rejected("dup.json", text.as_bytes(), &["question \"y1\"", "duplicate question id"]);
+    let text = std::fs::read_to_string(fixture("mini-v1.json"))
+        .unwrap()
+        .replace("\"y2\"", "\"y1\"");
+    assert_rejected(
+        "dup.json",
+        text.as_bytes(),
+        &["question \"y1\"", "duplicate question id"],
+    );
 }
 
 #[test]
@@ -257,7 +355,11 @@ fn lenient_drops_invalid_questions_with_a_count() {
     std::fs::write(&input, text).unwrap();
     let out = dir.path().join("out.parquet");
     let strict = ingest(&input, &out, &[]);
-    assert!(stderr(&strict).contains("and 1 more invalid"), "{}", stderr(&strict));
+    assert!(
+        stderr(&strict).contains("and 1 more invalid"),
+        "{}",
+        stderr(&strict)
+    );
     let examples = ingest_ok(&input, &out, &["--lenient"]);
     assert_eq!(ids(&examples), ["d2", "y1", "k1", "k2", "k3", "s1", "s2"]);
     let md = squad_core::parquet_io::read_metadata(&out).unwrap();
@@ -283,7 +385,10 @@ fn missing_input_and_usage_errors() {
     let res = ingest(&dir.path().join("nope.json"), &out, &[]);
     assert_eq!(res.status.code(), Some(1));
     assert!(stderr(&res).contains("nope.json"), "{}", stderr(&res));
-    assert_eq!(run(&["--output", out.to_str().unwrap()]).status.code(), Some(2));
+    assert_eq!(
+        run(&["--output", out.to_str().unwrap()]).status.code(),
+        Some(2)
+    );
     assert_eq!(run(&["--input", "x.json"]).status.code(), Some(2));
     let res = ingest(&fixture("mini-v1.json"), &out, &["--shard", "2/2"]);
     assert_eq!(res.status.code(), Some(2));

@@ -12,7 +12,11 @@ fn mirror_file(name: &str) -> Option<PathBuf> {
     // Relative mirror paths are relative to the repository root (where make runs).
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let path = root.join(dir).join(name);
-    assert!(path.exists(), "{} is missing from the mirror", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing from the mirror",
+        path.display()
+    );
     Some(path)
 }
 
@@ -21,10 +25,19 @@ fn ingest(name: &str) -> Option<(usize, usize, String)> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.parquet");
     let res = Command::new(env!("CARGO_BIN_EXE_squad-ingest"))
-        .args(["--input".as_ref(), input.as_os_str(), "--output".as_ref(), out.as_os_str()])
+        .args([
+            "--input".as_ref(),
+            input.as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ])
         .output()
         .unwrap();
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
     let (examples, md) = squad_core::examples::read(&out).unwrap();
     let unanswerable = examples.iter().filter(|e| e.is_impossible).count();
     Some((examples.len(), unanswerable, md["source_sha256"].clone()))
@@ -34,7 +47,10 @@ fn ingest(name: &str) -> Option<(usize, usize, String)> {
 fn dev_v1_1_has_10570_questions_and_the_official_checksum() {
     if let Some((rows, unanswerable, sha)) = ingest("dev-v1.1.json.gz") {
         assert_eq!((rows, unanswerable), (10_570, 0));
-        assert_eq!(sha, "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9");
+        assert_eq!(
+            sha,
+            "95aa6a52d5d6a735563366753ca50492a658031da74f301ac5238b03966972c9"
+        );
     }
 }
 
