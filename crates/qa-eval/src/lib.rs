@@ -2,6 +2,8 @@
 //! `evaluate-v1.1.py` / `evaluate-v2.0.py` scripts (see `squad_core::metric`), and merges
 //! several prediction files (the shards of a sharded evaluation).
 
+pub mod evaluate;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -2,16 +2,56 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use qa_eval::evaluate::{evaluate, EvalInputs};
 use qa_eval::{score, ScoreOptions, Version};
+use squad_core::postprocess::PostprocessConfig;
+use squad_core::PipelineConfig;
 
-/// Evaluate extractive QA with the official SQuAD metrics.
+/// Evaluate a QA checkpoint on eval features: batched forward, HF post-processing, and the
+/// official SQuAD metrics; or score a predictions file (`qa-eval score`).
 ///
-/// Exit codes: 0 ok, 1 failed, 2 usage error (or a mode not implemented yet).
+/// Exit codes: 0 ok, 1 failed, 2 usage error.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(flatten)]
+    eval: EvalArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Checkpoint directory or hub id.
+    #[arg(long, required = true)]
+    model: Option<String>,
+    /// Eval features (qa-features --split eval).
+    #[arg(long, required = true)]
+    features: Option<PathBuf>,
+    /// The examples file the features were made from.
+    #[arg(long, required = true)]
+    examples: Option<PathBuf>,
+    /// Output directory: predictions.json, nbest_predictions.json, null_odds.json (v2),
+    /// eval_logits.parquet, metrics.json.
+    #[arg(long, required = true)]
+    output: Option<PathBuf>,
+    /// Pipeline YAML: eval settings (n_best_size, max_answer_length, v2, threshold, batch size).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// SQuAD v2.0 (also when the examples file says so).
+    #[arg(long)]
+    v2: bool,
+    #[arg(long)]
+    null_score_diff_threshold: Option<f64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -54,8 +94,13 @@ enum VersionArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(Command::Score(args)) = cli.command else {
-        eprintln!("qa-eval: evaluating a checkpoint (forward pass + post-processing) is not implemented yet (issue #5); `qa-eval score` works");
-        return ExitCode::from(2);
+        return match run_eval(cli.eval) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qa-eval: error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     };
     let options = ScoreOptions {
         version: match args.version {
@@ -84,4 +129,46 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    let mut config = PipelineConfig::load_or_default(args.config.as_deref())?;
+    let examples = args.examples.expect("required");
+    let is_v2 = squad_core::parquet_io::read_metadata(&examples)?
+        .get(squad_core::examples::meta::SQUAD_VERSION)
+        .is_some_and(|v| v == "2.0");
+    let e = &mut config.eval;
+    e.version_2_with_negative |= args.v2 || is_v2;
+    e.null_score_diff_threshold = args
+        .null_score_diff_threshold
+        .unwrap_or(e.null_score_diff_threshold);
+    e.batch_size = args.batch_size.unwrap_or(e.batch_size);
+    let output = args.output.expect("required");
+    let model = args.model.expect("required");
+    config.model.name_or_path = model.clone();
+    let inputs = EvalInputs {
+        model: &model,
+        features: args.features.as_deref().expect("required"),
+        examples: &examples,
+        batch_size: e.batch_size,
+        postprocess: PostprocessConfig {
+            n_best_size: e.n_best_size,
+            max_answer_length: e.max_answer_length,
+            version_2_with_negative: e.version_2_with_negative,
+            null_score_diff_threshold: e.null_score_diff_threshold,
+        },
+        progress: !args.quiet,
+    };
+    let report = evaluate(&inputs, &output)?;
+    config.save(&output.join("config.yaml"))?;
+    eprintln!(
+        "qa-eval: {} examples, {} features in {:.1}s ({:.1} features/s) -> {}",
+        report.examples,
+        report.features,
+        report.seconds_forward,
+        report.features_per_second,
+        output.display()
+    );
+    println!("{}", serde_json::Value::Object(report.metrics));
+    Ok(())
 }

@@ -15,3 +15,4 @@ pub use config::PipelineConfig;
 pub use error::{Error, Result};
 pub use examples::Example;
 pub use features::Feature;
+pub use polars;
