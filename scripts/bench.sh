@@ -54,7 +54,7 @@ echo "qa-infer: cold ${cold}s (start + load + 1 answer); warm ${warm} ms/questio
 ours=$(RAYON_NUM_THREADS=2 cargo run -q --release --locked -p qa-model --example forward_bench -- "$model" 8 384 6)
 echo "candle forward: $ours" | tee -a "$out/infer.txt"
 if [ -x "$py" ]; then
-  torch=$(HF_HUB_OFFLINE=1 "$py" - "$model" <<'PY'
+  torch=$(HF_HUB_OFFLINE=1 "$py" - "$model" 2>/dev/null <<'PY'
 import json, sys, time, torch
 from transformers import BertForQuestionAnswering
 torch.set_num_threads(2)
