@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use qa_model::{make_batch, Checkpoint};
+use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
 use serde::Serialize;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::{sha256_file, write_atomic_bytes};
@@ -55,7 +55,7 @@ fn model_tokenizer_sha(dir: &Path) -> Option<String> {
 }
 
 pub fn run_forward(
-    ck: &Checkpoint,
+    model: &BertForQuestionAnswering,
     feats: &[Feature],
     batch_size: usize,
     progress: bool,
@@ -72,9 +72,7 @@ pub fn run_forward(
     let mut rows = Vec::with_capacity(feats.len());
     for chunk in feats.chunks(batch_size.max(1)) {
         let refs: Vec<&Feature> = chunk.iter().collect();
-        let (s, e) = ck
-            .model
-            .forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
+        let (s, e) = model.forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
         let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
         rows.extend(s.into_iter().zip(e));
         bar.inc(chunk.len() as u64);
@@ -116,54 +114,112 @@ fn json_object<T: Serialize>(pairs: &[(String, T)]) -> String {
     serde_json::to_string_pretty(&map).expect("json")
 }
 
-/// Runs the evaluation and writes predictions.json, nbest_predictions.json, null_odds.json
-/// (v2.0), eval_logits.parquet and metrics.json into `output`.
-pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalError> {
-    let (feats, split, feat_meta) = features::read(inputs.features)?;
-    if split != FeatureSplit::Eval {
-        return Err(EvalError::Input {
-            path: inputs.features.into(),
-            message:
-                "train features have no offsets: make eval features (qa-features --split eval)"
-                    .into(),
-        });
-    }
-    let (examples, _) = squad_core::examples::read(inputs.examples)?;
-    let examples_sha = sha256_file(inputs.examples)?;
-    if feat_meta
-        .get(features::meta::EXAMPLES_SHA256)
-        .is_some_and(|s| *s != examples_sha)
-    {
-        return Err(EvalError::Input {
-            path: inputs.features.into(),
-            message: format!(
-                "made from another examples file than {}",
-                inputs.examples.display()
-            ),
-        });
-    }
-    let ck = Checkpoint::load(inputs.model, 0, &Device::Cpu)?;
-    if let (Some(ours), Some(theirs)) = (
-        model_tokenizer_sha(&ck.dir),
-        feat_meta.get(features::meta::TOKENIZER_SHA256),
-    ) {
-        if &ours != theirs {
+/// Eval features with the examples they were made from, checked to belong together.
+pub struct EvalSet {
+    pub features_path: PathBuf,
+    pub features: Vec<Feature>,
+    pub examples: Vec<Example>,
+    pub max_length: Option<usize>,
+    tokenizer_sha256: Option<String>,
+}
+
+impl EvalSet {
+    pub fn load(features_path: &Path, examples_path: &Path) -> Result<Self, EvalError> {
+        let (feats, split, meta) = features::read(features_path)?;
+        if split != FeatureSplit::Eval {
             return Err(EvalError::Input {
-                path: inputs.features.into(),
+                path: features_path.into(),
+                message:
+                    "train features have no offsets: make eval features (qa-features --split eval)"
+                        .into(),
+            });
+        }
+        let (examples, _) = squad_core::examples::read(examples_path)?;
+        let examples_sha = sha256_file(examples_path)?;
+        if meta
+            .get(features::meta::EXAMPLES_SHA256)
+            .is_some_and(|s| *s != examples_sha)
+        {
+            return Err(EvalError::Input {
+                path: features_path.into(),
                 message: format!(
-                    "made with another tokenizer than the model's ({})",
-                    ck.dir.display()
+                    "made from another examples file than {}",
+                    examples_path.display()
                 ),
             });
         }
+        Ok(EvalSet {
+            features_path: features_path.into(),
+            features: feats,
+            examples,
+            max_length: meta
+                .get(features::meta::MAX_LENGTH)
+                .and_then(|v| v.parse().ok()),
+            tokenizer_sha256: meta.get(features::meta::TOKENIZER_SHA256).cloned(),
+        })
     }
-    let started = std::time::Instant::now();
-    let logits = run_forward(&ck, &feats, inputs.batch_size, inputs.progress)?;
-    let seconds = started.elapsed().as_secs_f64();
-    let predictions = postprocess(&examples, &feats, &logits, &inputs.postprocess);
-    let v2 = inputs.postprocess.version_2_with_negative;
-    let metrics = metrics(&examples, &predictions, v2);
 
+    /// Errors when the checkpoint in `model_dir` ships another tokenizer than the one the
+    /// features were made with.
+    pub fn check_tokenizer(&self, model_dir: &Path) -> Result<(), EvalError> {
+        if let (Some(ours), Some(theirs)) =
+            (model_tokenizer_sha(model_dir), self.tokenizer_sha256.as_ref())
+        {
+            if &ours != theirs {
+                return Err(EvalError::Input {
+                    path: self.features_path.clone(),
+                    message: format!(
+                        "made with another tokenizer than the model's ({})",
+                        model_dir.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What evaluating a model on an `EvalSet` gives.
+pub struct Evaluation {
+    pub logits: Vec<(Vec<f32>, Vec<f32>)>,
+    pub predictions: Predictions,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    pub seconds_forward: f64,
+}
+
+/// Forward pass, post-processing and metrics for an already loaded model.
+pub fn evaluate_model(
+    model: &BertForQuestionAnswering,
+    set: &EvalSet,
+    batch_size: usize,
+    postprocess_config: &PostprocessConfig,
+    progress: bool,
+) -> Result<Evaluation, EvalError> {
+    let started = std::time::Instant::now();
+    let logits = run_forward(model, &set.features, batch_size, progress)?;
+    let seconds_forward = started.elapsed().as_secs_f64();
+    let predictions = postprocess(&set.examples, &set.features, &logits, postprocess_config);
+    let metrics = metrics(
+        &set.examples,
+        &predictions,
+        postprocess_config.version_2_with_negative,
+    );
+    Ok(Evaluation {
+        logits,
+        predictions,
+        metrics,
+        seconds_forward,
+    })
+}
+
+/// Writes predictions.json, nbest_predictions.json, null_odds.json (v2.0), eval_logits.parquet
+/// and metrics.json into `output`, each atomically.
+pub fn write_outputs(
+    evaluation: &Evaluation,
+    set: &EvalSet,
+    output: &Path,
+) -> Result<EvalReport, EvalError> {
+    let predictions = &evaluation.predictions;
     std::fs::create_dir_all(output).map_err(|e| squad_core::Error::io(output, e))?;
     write_atomic_bytes(
         &output.join("predictions.json"),
@@ -173,24 +229,25 @@ pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalEr
         &output.join("nbest_predictions.json"),
         json_object(&predictions.nbest).as_bytes(),
     )?;
-    if v2 {
+    if !predictions.null_odds.is_empty() {
         write_atomic_bytes(
             &output.join("null_odds.json"),
             json_object(&predictions.null_odds).as_bytes(),
         )?;
     }
-    let mut df = logits_frame(&logits)?;
+    let mut df = logits_frame(&evaluation.logits, set.max_length)?;
     write_parquet(
         &output.join("eval_logits.parquet"),
         &mut df,
         &Metadata::new(),
     )?;
+    let seconds = evaluation.seconds_forward;
     let report = EvalReport {
-        examples: examples.len(),
-        features: feats.len(),
+        examples: set.examples.len(),
+        features: set.features.len(),
         seconds_forward: seconds,
-        features_per_second: feats.len() as f64 / seconds.max(1e-9),
-        metrics,
+        features_per_second: set.features.len() as f64 / seconds.max(1e-9),
+        metrics: evaluation.metrics.clone(),
     };
     write_atomic_bytes(
         &output.join("metrics.json"),
@@ -201,9 +258,31 @@ pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalEr
     Ok(report)
 }
 
-/// `start_logits`/`end_logits` list<f32> columns (what ref_postprocess.py reads).
+/// Loads the checkpoint and the eval set, evaluates, and writes the outputs into `output`.
+pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalError> {
+    let set = EvalSet::load(inputs.features, inputs.examples)?;
+    let ck = Checkpoint::load(inputs.model, 0, &Device::Cpu)?;
+    set.check_tokenizer(&ck.dir)?;
+    let evaluation = evaluate_model(
+        &ck.model,
+        &set,
+        inputs.batch_size,
+        &inputs.postprocess,
+        inputs.progress,
+    )?;
+    write_outputs(&evaluation, &set, output)
+}
+
+/// Logit written where a feature has no token (dynamic padding computes none there): low
+/// enough that HF post-processing never ranks it, so the file is a direct input to
+/// `ref_postprocess.py`.
+pub const PADDING_LOGIT: f32 = -10_000.0;
+
+/// `start_logits`/`end_logits` list<f32> columns (what ref_postprocess.py reads), each row
+/// padded with `PADDING_LOGIT` to `pad_to` (the features' max_length) when known.
 fn logits_frame(
     rows: &[(Vec<f32>, Vec<f32>)],
+    pad_to: Option<usize>,
 ) -> Result<squad_core::polars::prelude::DataFrame, EvalError> {
     use squad_core::polars::prelude::*;
     let col = |name: &str, pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Column {
@@ -214,7 +293,10 @@ fn logits_frame(
             DataType::Float32,
         );
         for r in rows {
-            b.append_slice(pick(r));
+            let row = pick(r);
+            let mut padded = row.clone();
+            padded.resize(pad_to.unwrap_or(0).max(row.len()), PADDING_LOGIT);
+            b.append_slice(&padded);
         }
         b.finish().into_series().into()
     };

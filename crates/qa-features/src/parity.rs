@@ -114,3 +114,32 @@ pub fn compare(
     }
     Ok(report)
 }
+
+/// The first `n` features of an oracle file as our (unpadded) features: ids and token types
+/// cut to the attention mask, labels when the file has them. Example ids are the oracle's and
+/// `example_index` is its `overflow_to_sample_mapping`; offsets are not read.
+pub fn read_reference(reference: &Path, n: usize) -> squad_core::Result<Vec<Feature>> {
+    let (df, _) = read_parquet(reference)?;
+    let c = Columns::new(reference, &df);
+    let (ids, types, mask) = (
+        c.i32_lists("input_ids")?,
+        c.i32_lists("token_type_ids")?,
+        c.i32_lists("attention_mask")?,
+    );
+    let (example_ids, mapping) = (c.strings("example_id")?, c.i32s("overflow_to_sample_mapping")?);
+    let labels = c.i32s("start_positions").ok().zip(c.i32s("end_positions").ok());
+    Ok((0..n.min(ids.len()))
+        .map(|i| {
+            let len = mask[i].iter().filter(|&&m| m == 1).count();
+            Feature {
+                example_id: example_ids[i].clone(),
+                example_index: mapping[i] as u32,
+                window_index: 0,
+                input_ids: ids[i][..len].to_vec(),
+                token_type_ids: types[i][..len].to_vec(),
+                labels: labels.as_ref().map(|(s, e)| (s[i], e[i])),
+                offsets: None,
+            }
+        })
+        .collect())
+}

@@ -120,6 +120,26 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// A randomly initialised model (HF's init, seeded) with the architecture of
+    /// `dir/config.json`: for training from scratch and for memory benchmarks.
+    pub fn random(dir: &Path, seed: u64, device: &Device) -> Result<Self> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let params = Params::random(&config, seed, device)?;
+        let model = BertForQuestionAnswering::new(config.clone(), &params)?;
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            params,
+            model,
+            report: LoadReport {
+                fresh_head: true,
+                unexpected: vec![],
+            },
+        })
+    }
+}
+
 /// Writes an HF checkpoint directory that `BertForQuestionAnswering.from_pretrained` loads
 /// with no missing or unexpected keys, atomically: built in a temp dir beside `out`, then
 /// renamed over it. Tokenizer files are copied from `tokenizer_src` when present.
@@ -128,6 +148,18 @@ pub fn save(
     config: &BertConfig,
     params: &Params,
     tokenizer_src: Option<&Path>,
+) -> Result<()> {
+    save_with(out, config, params, tokenizer_src, |_| Ok(()))
+}
+
+/// `save`, with `extra` writing more files (trainer state, ...) into the staging directory
+/// before it is renamed into place.
+pub fn save_with(
+    out: &Path,
+    config: &BertConfig,
+    params: &Params,
+    tokenizer_src: Option<&Path>,
+    extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let io = |path: &Path, e: std::io::Error| ModelError::Io {
         path: path.to_path_buf(),
@@ -153,6 +185,7 @@ pub fn save(
             }
         }
     }
+    extra(tmp.path())?;
     let staged = tmp.keep();
     #[cfg(unix)]
     {

@@ -96,6 +96,16 @@ impl Params {
             };
             vars.insert(name, Var::from_tensor(&t)?);
         }
+        // HF zeroes the padding row of the word embeddings (`padding_idx`).
+        let word = &vars["bert.embeddings.word_embeddings.weight"];
+        let pad = config.pad_token_id as usize;
+        if pad < config.vocab_size {
+            let table = word.as_tensor().slice_assign(
+                &[pad..pad + 1, 0..config.hidden_size],
+                &Tensor::zeros((1, config.hidden_size), DType::F32, device)?,
+            )?;
+            word.set(&table)?;
+        }
         Ok(Params { vars })
     }
 
@@ -176,6 +186,28 @@ impl Params {
         }
         report.unexpected.sort();
         Ok((Params { vars }, report))
+    }
+
+    /// Replaces tensors with those of a safetensors file (canonical names, same shapes), e.g.
+    /// a QA head from elsewhere. Returns how many were replaced.
+    pub fn overwrite_from(&mut self, path: &Path, device: &Device) -> Result<usize> {
+        let weights = |message: String| ModelError::Weights {
+            path: path.to_path_buf(),
+            message,
+        };
+        let tensors =
+            candle_core::safetensors::load(path, device).map_err(|e| weights(e.to_string()))?;
+        for (name, t) in &tensors {
+            let var = self
+                .vars
+                .get(name)
+                .ok_or_else(|| weights(format!("unknown tensor {name}")))?;
+            if var.dims() != t.dims() {
+                return Err(weights(format!("tensor {name} has shape {:?}, model {:?}", t.dims(), var.dims())));
+            }
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        Ok(tensors.len())
     }
 
     /// All tensors by canonical name (what `save` writes).

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Var};
+use candle_core::Device;
 use qa_model::loss::qa_loss;
 use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
 use squad_core::parquet_io::{read_parquet, Columns};
@@ -37,42 +37,17 @@ fn model_dir() -> PathBuf {
 fn seeded_checkpoint() -> (Checkpoint, BertForQuestionAnswering) {
     let mut ck = Checkpoint::load(model_dir().to_str().unwrap(), 1, &Device::Cpu).unwrap();
     assert!(ck.report.fresh_head, "the base model has no QA head");
-    let head =
-        candle_core::safetensors::load(fixture("seed0_qa_head.safetensors"), &Device::Cpu).unwrap();
-    for (name, t) in head {
-        ck.params.vars.insert(name, Var::from_tensor(&t).unwrap());
-    }
+    let replaced = ck
+        .params
+        .overwrite_from(&fixture("seed0_qa_head.safetensors"), &Device::Cpu)
+        .unwrap();
+    assert_eq!(replaced, 2);
     let model = BertForQuestionAnswering::new(ck.config.clone(), &ck.params).unwrap();
     (ck, model)
 }
 
-/// Oracle features (padded to 384) as unpadded features, with labels when present.
 fn oracle_features(path: &Path, n: usize) -> Vec<Feature> {
-    let (df, _) = read_parquet(path).unwrap();
-    let c = Columns::new(path, &df);
-    let (ids, types, mask) = (
-        c.i32_lists("input_ids").unwrap(),
-        c.i32_lists("token_type_ids").unwrap(),
-        c.i32_lists("attention_mask").unwrap(),
-    );
-    let labels = c
-        .i32s("start_positions")
-        .ok()
-        .zip(c.i32s("end_positions").ok());
-    (0..n.min(ids.len()))
-        .map(|i| {
-            let len = mask[i].iter().filter(|&&m| m == 1).count();
-            Feature {
-                example_id: String::new(),
-                example_index: i as u32,
-                window_index: 0,
-                input_ids: ids[i][..len].to_vec(),
-                token_type_ids: types[i][..len].to_vec(),
-                labels: labels.as_ref().map(|(s, e)| (s[i], e[i])),
-                offsets: None,
-            }
-        })
-        .collect()
+    qa_features::parity::read_reference(path, n).unwrap()
 }
 
 fn max_logit_diff(model: &BertForQuestionAnswering, features: &[Feature], reference: &Path) -> f32 {

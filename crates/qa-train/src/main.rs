@@ -1,6 +1,154 @@
-//! Fine-tune a BERT checkpoint for extractive QA. Placeholder until issue #6 lands: it produces no output and exits 2.
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("qa-train: not implemented yet (issue #6); no output was written");
-    std::process::ExitCode::from(2)
+use anyhow::Context;
+use clap::Parser;
+use qa_train::{train, EvalData, TrainOptions};
+use squad_core::PipelineConfig;
+
+/// Fine-tune a BERT checkpoint for extractive QA with HF Trainer semantics. Writes
+/// checkpoints (resumable with --resume), the final model (OUTPUT/model), metrics.jsonl and
+/// a training-curve SVG.
+///
+/// Exit codes: 0 ok, 1 failed, 2 usage error.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// Pipeline YAML (train/eval settings, model); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Train features (qa-features --split train).
+    #[arg(long)]
+    features: PathBuf,
+    /// Base checkpoint: directory or hub id (default: the config's model.name_or_path).
+    #[arg(long)]
+    model: Option<String>,
+    /// Initialise randomly with the architecture of MODEL/config.json (no weights read).
+    #[arg(long)]
+    random_init: bool,
+    /// Run directory.
+    #[arg(long)]
+    output: PathBuf,
+    /// Eval features and examples, to evaluate at the end of each epoch.
+    #[arg(long, requires = "eval_examples")]
+    eval_features: Option<PathBuf>,
+    #[arg(long, requires = "eval_features")]
+    eval_examples: Option<PathBuf>,
+    /// Continue from the newest checkpoint in OUTPUT (start afresh if there is none).
+    #[arg(long)]
+    resume: bool,
+    /// Start over, replacing an earlier run in OUTPUT.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    #[arg(long)]
+    gradient_accumulation_steps: Option<usize>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    save_steps: Option<usize>,
+    #[arg(long)]
+    save_total_limit: Option<usize>,
+    #[arg(long)]
+    logging_steps: Option<usize>,
+    /// Pad every batch to max_length (as run_qa.py) instead of its longest feature.
+    #[arg(long)]
+    pad_to_max_length: bool,
+    /// Batch features of similar length together.
+    #[arg(long)]
+    group_by_length: bool,
+    /// Dropout off (for parity checks).
+    #[arg(long)]
+    no_dropout: bool,
+    /// Compute threads (default: all cores). A run is bitwise reproducible for a fixed count.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Read by candle's matmul and by rayon's global pool; must be set before either starts.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qa-train: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = PipelineConfig::load_or_default(cli.config.as_deref())?;
+    if let Some(m) = cli.model {
+        config.model.name_or_path = m;
+    }
+    let t = &mut config.train;
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = cli.$field { t.$field = v; } )* };
+    }
+    set!(
+        learning_rate,
+        batch_size,
+        epochs,
+        weight_decay,
+        warmup_steps,
+        warmup_ratio,
+        max_grad_norm,
+        gradient_accumulation_steps,
+        seed,
+        save_steps,
+        save_total_limit,
+        logging_steps
+    );
+    if cli.max_steps.is_some() {
+        t.max_steps = cli.max_steps;
+    }
+    t.pad_to_max_length |= cli.pad_to_max_length;
+    t.group_by_length |= cli.group_by_length;
+    t.dropout &= !cli.no_dropout;
+    anyhow::ensure!(t.batch_size > 0, "--batch-size must be at least 1");
+    let opts = TrainOptions {
+        config,
+        features: cli.features,
+        random_init: cli.random_init,
+        output: cli.output,
+        eval: cli.eval_features.zip(cli.eval_examples).map(|(features, examples)| EvalData {
+            features,
+            examples,
+        }),
+        resume: cli.resume,
+        overwrite: cli.overwrite,
+        progress: !cli.quiet,
+    };
+    let summary = train(&opts).context("training failed")?;
+    eprintln!(
+        "qa-train: {} steps, train loss {:.4}, {:.2} features/s; model: {}",
+        summary.steps,
+        summary.train_loss,
+        summary.train_features_per_second,
+        summary.model.display()
+    );
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(())
 }

@@ -190,6 +190,8 @@ pub struct TrainConfig {
     pub save_total_limit: usize,
     /// Log loss/lr/grad-norm every N optimizer steps.
     pub logging_steps: usize,
+    /// Dropout as the model's config.json sets it (false: off, for parity checks).
+    pub dropout: bool,
 }
 
 impl Default for TrainConfig {
@@ -213,6 +215,7 @@ impl Default for TrainConfig {
             save_steps: 500,
             save_total_limit: 2,
             logging_steps: 10,
+            dropout: true,
         }
     }
 }
