@@ -10,6 +10,7 @@ use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
 use serde::Serialize;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::{sha256_file, write_atomic_bytes};
+use squad_core::vocab::{tokenizer_file, vocab_sha256};
 use squad_core::metric::{evaluate_v1, evaluate_v2, Gold};
 use squad_core::parquet_io::{write_parquet, Metadata};
 use squad_core::postprocess::{postprocess, PostprocessConfig, Predictions};
@@ -43,15 +44,6 @@ pub struct EvalReport {
     pub seconds_forward: f64,
     pub features_per_second: f64,
     pub metrics: serde_json::Map<String, serde_json::Value>,
-}
-
-/// The tokenizer file a checkpoint ships (what qa-features hashed), if any.
-fn model_tokenizer_sha(dir: &Path) -> Option<String> {
-    ["tokenizer.json", "vocab.txt"]
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.exists())
-        .and_then(|p| sha256_file(&p).ok())
 }
 
 pub fn run_forward(
@@ -120,7 +112,7 @@ pub struct EvalSet {
     pub features: Vec<Feature>,
     pub examples: Vec<Example>,
     pub max_length: Option<usize>,
-    tokenizer_sha256: Option<String>,
+    vocab_sha256: Option<String>,
 }
 
 impl EvalSet {
@@ -155,25 +147,25 @@ impl EvalSet {
             max_length: meta
                 .get(features::meta::MAX_LENGTH)
                 .and_then(|v| v.parse().ok()),
-            tokenizer_sha256: meta.get(features::meta::TOKENIZER_SHA256).cloned(),
+            vocab_sha256: meta.get(features::meta::TOKENIZER_VOCAB_SHA256).cloned(),
         })
     }
 
     /// Errors when the checkpoint in `model_dir` ships another tokenizer than the one the
     /// features were made with.
     pub fn check_tokenizer(&self, model_dir: &Path) -> Result<(), EvalError> {
-        if let (Some(ours), Some(theirs)) =
-            (model_tokenizer_sha(model_dir), self.tokenizer_sha256.as_ref())
-        {
-            if &ours != theirs {
-                return Err(EvalError::Input {
-                    path: self.features_path.clone(),
-                    message: format!(
-                        "made with another tokenizer than the model's ({})",
-                        model_dir.display()
-                    ),
-                });
-            }
+        let (Some(file), Some(theirs)) = (tokenizer_file(model_dir), self.vocab_sha256.as_ref())
+        else {
+            return Ok(()); // nothing to compare
+        };
+        if &vocab_sha256(&file)? != theirs {
+            return Err(EvalError::Input {
+                path: self.features_path.clone(),
+                message: format!(
+                    "made with another tokenizer vocabulary than the model's ({})",
+                    file.display()
+                ),
+            });
         }
         Ok(())
     }

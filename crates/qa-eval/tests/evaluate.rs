@@ -4,9 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use qa_features::{build_features, QaTokenizer, Settings};
-use squad_core::features::{self, FeatureSplit};
-use squad_core::parquet_io::Metadata;
+use qa_features::{make_features_file, QaTokenizer, Settings};
+use squad_core::features::FeatureSplit;
 use squad_ingest::{read_squad, write_outputs, IngestOptions, Selection};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qa-eval");
@@ -32,22 +31,19 @@ fn inputs(dir: &Path, split: FeatureSplit) -> (PathBuf, PathBuf) {
         max_length: 384,
         stride: 128,
     };
-    let (feats, _) = build_features(&tok, &ingested.examples, settings, split).unwrap();
     let path = dir.join(format!("tiny.{}.features.parquet", split.as_str()));
-    let mut md = Metadata::new();
-    md.insert(features::meta::TOKENIZER_SHA256.into(), tok.sha256.clone());
-    md.insert(
-        features::meta::EXAMPLES_SHA256.into(),
-        squad_core::fsutil::sha256_file(&examples).unwrap(),
-    );
-    features::write(&path, &feats, split, &md).unwrap();
+    make_features_file(&examples, &tok, settings, split, &path).unwrap();
     (examples, path)
 }
 
 fn eval(examples: &Path, feats: &Path, out: &Path) -> std::process::Output {
+    eval_with(&model(), examples, feats, out)
+}
+
+fn eval_with(model: &Path, examples: &Path, feats: &Path, out: &Path) -> std::process::Output {
     Command::new(BIN)
         .arg("--model")
-        .arg(model())
+        .arg(model)
         .arg("--features")
         .arg(feats)
         .arg("--examples")
@@ -107,4 +103,44 @@ fn rejects_train_features_and_mismatched_examples() {
         String::from_utf8_lossy(&res.stderr)
     );
     assert!(!out.join("predictions.json").exists());
+}
+
+/// A copy of the model directory whose tokenizer files are `tokenizer_json` (weights linked).
+fn model_with_tokenizer(dir: &Path, name: &str, tokenizer_json: &str) -> PathBuf {
+    let m = dir.join(name);
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::os::unix::fs::symlink(model().join(f), m.join(f)).unwrap();
+    }
+    std::fs::write(m.join("tokenizer.json"), tokenizer_json).unwrap();
+    m
+}
+
+#[test]
+fn checks_the_tokenizer_vocabulary_not_the_file_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (examples, feats) = inputs(dir.path(), FeatureSplit::Eval);
+    let original = std::fs::read_to_string(model().join("tokenizer.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    // transformers rewrites tokenizer.json on save: other bytes, same vocabulary.
+    let rewritten = model_with_tokenizer(
+        dir.path(),
+        "rewritten",
+        &serde_json::to_string(&json).unwrap(),
+    );
+    let res = eval_with(&rewritten, &examples, &feats, &dir.path().join("ok"));
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+
+    // Another vocabulary: two tokens swap ids.
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = (vocab["the"].clone(), vocab["of"].clone());
+    vocab.insert("the".into(), b);
+    vocab.insert("of".into(), a);
+    let other = model_with_tokenizer(dir.path(), "other", &serde_json::to_string(&json).unwrap());
+    let out = dir.path().join("bad");
+    let res = eval_with(&other, &examples, &feats, &out);
+    assert_eq!(res.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("another tokenizer vocabulary") && err.contains("tiny.eval.features.parquet"), "{err}");
+    assert!(!out.exists());
 }

@@ -215,3 +215,44 @@ pub fn build_features(
     report.features = features.len();
     Ok((features, report))
 }
+
+/// Reads an examples file, builds its features and writes them (atomically) to `output`
+/// with the metadata later stages check: settings, tokenizer and examples sha256, the
+/// source's sha256, and the report's counts.
+pub fn make_features_file(
+    examples_path: &std::path::Path,
+    tok: &QaTokenizer,
+    settings: Settings,
+    split: FeatureSplit,
+    output: &std::path::Path,
+) -> Result<Report, FeaturesError> {
+    use squad_core::features::{self, meta};
+    let (examples, examples_meta) = squad_core::examples::read(examples_path)?;
+    let (feats, report) = build_features(tok, &examples, settings, split)?;
+    let mut md = squad_core::parquet_io::Metadata::new();
+    md.insert(meta::MAX_LENGTH.into(), settings.max_length.to_string());
+    md.insert(meta::STRIDE.into(), settings.stride.to_string());
+    md.insert(meta::TOKENIZER_SHA256.into(), tok.sha256.clone());
+    md.insert(meta::TOKENIZER_VOCAB_SHA256.into(), tok.vocab_sha256.clone());
+    md.insert(
+        meta::EXAMPLES_SHA256.into(),
+        squad_core::fsutil::sha256_file(examples_path)?,
+    );
+    if let Some(sha) = examples_meta.get(squad_core::examples::meta::SOURCE_SHA256) {
+        md.insert(meta::SOURCE_SHA256.into(), sha.clone());
+    }
+    md.insert(
+        meta::SKIPPED_QUESTIONS.into(),
+        report.skipped_questions.len().to_string(),
+    );
+    md.insert(
+        meta::TRUNCATED_QUESTIONS.into(),
+        report.truncated_questions.len().to_string(),
+    );
+    md.insert(
+        meta::HF_EDGE_CASE_LABELS.into(),
+        report.hf_edge_case_labels.len().to_string(),
+    );
+    features::write(output, &feats, split, &md)?;
+    Ok(report)
+}

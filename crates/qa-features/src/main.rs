@@ -4,10 +4,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use qa_features::{build_features, parity, QaTokenizer, Settings};
-use squad_core::features::{self, meta, FeatureSplit};
-use squad_core::fsutil::{sha256_file, sibling_path};
-use squad_core::parquet_io::Metadata;
+use qa_features::{make_features_file, parity, FeaturesError, QaTokenizer, Settings};
+use squad_core::features::{self, FeatureSplit};
+use squad_core::fsutil::sibling_path;
 use squad_core::PipelineConfig;
 
 /// Turn examples (from squad-ingest) into model features exactly as HF run_qa.py does:
@@ -115,31 +114,12 @@ fn run_build(args: BuildArgs) -> Result<ExitCode> {
     };
 
     let tok = QaTokenizer::load(&tokenizer_path)?;
-    let (examples, examples_meta) = squad_core::examples::read(&examples_path)?;
-    let (features, report) = build_features(&tok, &examples, settings, split)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", examples_path.display()))?;
-
-    let mut md = Metadata::new();
-    md.insert(meta::MAX_LENGTH.into(), settings.max_length.to_string());
-    md.insert(meta::STRIDE.into(), settings.stride.to_string());
-    md.insert(meta::TOKENIZER_SHA256.into(), tok.sha256.clone());
-    md.insert(meta::EXAMPLES_SHA256.into(), sha256_file(&examples_path)?);
-    if let Some(sha) = examples_meta.get(squad_core::examples::meta::SOURCE_SHA256) {
-        md.insert(meta::SOURCE_SHA256.into(), sha.clone());
-    }
-    md.insert(
-        meta::SKIPPED_QUESTIONS.into(),
-        report.skipped_questions.len().to_string(),
-    );
-    md.insert(
-        meta::TRUNCATED_QUESTIONS.into(),
-        report.truncated_questions.len().to_string(),
-    );
-    md.insert(
-        meta::HF_EDGE_CASE_LABELS.into(),
-        report.hf_edge_case_labels.len().to_string(),
-    );
-    features::write(&output, &features, split, &md)?;
+    let report =
+        make_features_file(&examples_path, &tok, settings, split, &output).map_err(|e| match e {
+            // These name their file already.
+            FeaturesError::Core(_) | FeaturesError::Tokenizer(_) => anyhow::Error::new(e),
+            other => anyhow::anyhow!("{}: {other}", examples_path.display()),
+        })?;
     config.save(&sibling_path(&output, "config.yaml"))?;
 
     for id in &report.skipped_questions {

@@ -28,9 +28,11 @@ pub struct QaTokenizer {
     pub tokenizer: Tokenizer,
     pub cls_id: u32,
     pub sep_id: u32,
-    /// The file it was loaded from (tokenizer.json or vocab.txt) and its sha256.
+    /// The file it was loaded from (tokenizer.json or vocab.txt), its sha256 and the sha256
+    /// of its vocabulary.
     pub file: PathBuf,
     pub sha256: String,
+    pub vocab_sha256: String,
 }
 
 /// One tokenized text: ids and **character** offsets into that text.
@@ -84,12 +86,14 @@ impl QaTokenizer {
         };
         let (cls_id, sep_id) = (special("[CLS]")?, special("[SEP]")?);
         let sha256 = sha256_file(&file)?;
+        let vocab_sha256 = squad_core::vocab::vocab_sha256(&file)?;
         Ok(QaTokenizer {
             tokenizer,
             cls_id,
             sep_id,
             file,
             sha256,
+            vocab_sha256,
         })
     }
 

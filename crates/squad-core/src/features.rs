@@ -59,6 +59,8 @@ pub mod meta {
     pub const STRIDE: &str = "stride";
     /// sha256 of the tokenizer file used (`tokenizer.json`, or `vocab.txt`).
     pub const TOKENIZER_SHA256: &str = "tokenizer_sha256";
+    /// sha256 of its vocabulary (`squad_core::vocab`): what compatibility checks compare.
+    pub const TOKENIZER_VOCAB_SHA256: &str = "tokenizer_vocab_sha256";
     /// sha256 of the examples Parquet file the features were made from.
     pub const EXAMPLES_SHA256: &str = "examples_sha256";
     /// The examples' SQuAD source checksum, carried along.

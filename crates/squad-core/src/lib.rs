@@ -10,6 +10,7 @@ pub mod metric;
 pub mod parquet_io;
 pub mod postprocess;
 pub mod text;
+pub mod vocab;
 
 pub use config::PipelineConfig;
 pub use error::{Error, Result};

@@ -1,0 +1,224 @@
+//! `qa-train` as a user runs it, on tiny.json features (`make model` for the tokenizer):
+//! a small randomly initialised BERT so runs take seconds. Exact resume after `kill -9`,
+//! per-epoch evaluation and the run directory's files, and input errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qa_features::{make_features_file, QaTokenizer, Settings};
+use squad_core::features::FeatureSplit;
+use squad_ingest::{read_squad, write_outputs, IngestOptions, Selection};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qa-train");
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// tiny.json examples plus train and eval features (MiniLM's tokenizer).
+struct Inputs {
+    examples: PathBuf,
+    train: PathBuf,
+    eval: PathBuf,
+    model: PathBuf,
+}
+
+fn inputs(dir: &Path) -> Inputs {
+    let tokenizer_dir = root().join("data/models/all-MiniLM-L6-v2");
+    assert!(tokenizer_dir.join("tokenizer.json").exists(), "run `make model`");
+    let json = root().join("crates/qa-features/tests/fixtures/tiny.json");
+    let ingested = read_squad(&json, &IngestOptions::default()).unwrap();
+    let examples = dir.join("tiny.examples.parquet");
+    write_outputs(&examples, &ingested, &Selection::default()).unwrap();
+    let tok = QaTokenizer::load(&tokenizer_dir).unwrap();
+    let settings = Settings {
+        max_length: 384,
+        stride: 128,
+    };
+    let (train, eval) = (dir.join("tiny.train.parquet"), dir.join("tiny.eval.parquet"));
+    make_features_file(&examples, &tok, settings, FeatureSplit::Train, &train).unwrap();
+    make_features_file(&examples, &tok, settings, FeatureSplit::Eval, &eval).unwrap();
+    // A small BERT (2 layers, hidden 32) with MiniLM's vocab, initialised by --random-init.
+    let model = dir.join("small-bert");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
+            "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}"#,
+    )
+    .unwrap();
+    Inputs {
+        examples,
+        train,
+        eval,
+        model,
+    }
+}
+
+fn train_cmd(i: &Inputs, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("--features")
+        .arg(&i.train)
+        .arg("--model")
+        .arg(&i.model)
+        .arg("--random-init")
+        .arg("--output")
+        .arg(out)
+        .args(["--batch-size", "2", "--save-steps", "3"])
+        .args(["--learning-rate", "1e-3", "--logging-steps", "1", "--threads", "2", "--quiet"])
+        .args(extra);
+    c
+}
+
+fn run_ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "qa-train failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn steps_logged(run: &Path) -> Vec<u64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r.get("loss").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_the_same_model_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    // 18 features, batch 2: 9 steps per epoch, 27 in all; checkpoints every 3 steps.
+    let whole = tmp.path().join("whole");
+    let three_epochs = ["--epochs", "3"];
+    run_ok(train_cmd(&i, &whole, &three_epochs));
+    let expected = std::fs::read(whole.join("model/model.safetensors")).unwrap();
+    assert_eq!(steps_logged(&whole), (1..=27).collect::<Vec<_>>());
+
+    let killed = tmp.path().join("killed");
+    let mut child = train_cmd(&i, &killed, &three_epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill -9 once a few checkpoints exist, wherever the run is then.
+    let started = Instant::now();
+    while !killed.join("checkpoints/checkpoint-12").exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint-12");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("model").exists(), "killed before the end");
+
+    let stdout = run_ok(train_cmd(&i, &killed, &["--epochs", "3", "--resume"]));
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let resumed_from = summary["resumed_from_step"].as_u64().unwrap();
+    assert!(resumed_from >= 12 && resumed_from % 3 == 0, "{summary}");
+    let got = std::fs::read(killed.join("model/model.safetensors")).unwrap();
+    assert!(got == expected, "resumed model differs from the uninterrupted run's");
+    assert_eq!(
+        steps_logged(&killed),
+        (1..=27).collect::<Vec<_>>(),
+        "metrics.jsonl: each step once, in order"
+    );
+    let kept: Vec<String> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 2, "save_total_limit 2: {kept:?}");
+}
+
+#[test]
+fn evaluates_each_epoch_and_writes_the_run_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let run = tmp.path().join("run");
+    let mut c = train_cmd(&i, &run, &["--epochs", "2", "--gradient-accumulation-steps", "2"]);
+    c.arg("--eval-features").arg(&i.eval).arg("--eval-examples").arg(&i.examples);
+    run_ok(c);
+    // 9 batches per epoch, 2 per step: 5 steps per epoch (the last with one batch).
+    assert_eq!(steps_logged(&run), (1..=10).collect::<Vec<_>>());
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r.get("eval").is_some())
+        .collect();
+    assert_eq!(evals.len(), 2);
+    assert_eq!(evals[0]["step"], 5);
+    assert!(evals[1]["eval"]["f1"].as_f64().is_some());
+    for f in [
+        "model/model.safetensors",
+        "model/config.json",
+        "model/training_config.yaml",
+        "eval/epoch-1/predictions.json",
+        "eval/epoch-2/metrics.json",
+        "training_curve.svg",
+        "train_summary.json",
+        "config.yaml",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let svg = std::fs::read_to_string(run.join("training_curve.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("polyline"), "a drawn curve");
+    let predictions: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(run.join("eval/epoch-2/predictions.json")).unwrap())
+            .unwrap();
+    assert_eq!(predictions.len(), 12, "every tiny question answered");
+
+    // An earlier run is not overwritten by accident.
+    let out = train_cmd(&i, &run, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--resume") && err.contains("--overwrite"), "{err}");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let out = train_cmd(&i, &tmp.path().join("r1"), &[])
+        .arg("--features")
+        .arg(&i.eval)
+        .output()
+        .unwrap();
+    // clap: a repeated --features is a usage error (exit 2).
+    assert_eq!(out.status.code(), Some(2));
+
+    let mut c = Command::new(BIN);
+    c.arg("--features")
+        .arg(&i.eval)
+        .arg("--model")
+        .arg(&i.model)
+        .arg("--random-init")
+        .arg("--output")
+        .arg(tmp.path().join("r2"));
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tiny.eval.parquet") && err.contains("no labels"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let mut c = Command::new(BIN);
+    c.arg("--features")
+        .arg(tmp.path().join("missing.parquet"))
+        .arg("--output")
+        .arg(tmp.path().join("r3"));
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.parquet"));
+    assert!(!tmp.path().join("r3").exists(), "no output on failure");
+}
