@@ -8,6 +8,9 @@
 #   make stats       print the explore-step statistics of the ingested examples
 #   make features    runs/<name>/{train,dev}.features.parquet (tokenized windows + labels/offsets)
 #   make parity      full-set feature parity with the HF oracle (needs the reference venv)
+#   make train       fine-tune: runs/<name>/model (+ metrics.jsonl, training_curve.svg, eval/epoch-N)
+#                    RESUME=1 continues a killed run from its last checkpoint
+#   make eval        evaluate runs/<name>/model on the dev features: runs/<name>/eval/metrics.json
 #   make infer Q="question" C="context"   answer with runs/<name>/model, else the base model
 #   make test        the test suite (what CI runs)
 #   make bench       speed benchmarks (release build)
@@ -42,6 +45,8 @@ CORE_SOURCES := $(call crate_sources,squad-core) Cargo.toml Cargo.lock
 STAGES := squad-ingest qa-features qa-train qa-eval qa-infer
 # Library crates each stage links besides squad-core.
 LIBS_qa-infer := qa-model qa-features
+LIBS_qa-eval  := qa-model squad-ingest
+LIBS_qa-train := qa-model qa-eval squad-ingest
 define binary_rule
 $(BIN)/$(1): $(CORE_SOURCES) $(foreach c,$(1) $(LIBS_$(1)),$(call crate_sources,$(c)))
 	$(CARGO) build --release --locked -p $(1)
@@ -89,7 +94,27 @@ infer: $(BIN)/qa-infer model
 	@test -n "$(Q)" -a -n "$(C)" || { echo 'usage: make infer Q="question" C="context"' >&2; exit 2; }
 	$(BIN)/qa-infer --model $(INFER_MODEL) --question "$(Q)" --context "$(C)" --top-k 3
 
-train eval demo:
+# The base model qa-train starts from: fetched by `make model` when it is the offline default.
+BASE_MODEL := $(or $(call yaml_value,name_or_path),$(MODEL_DIR))
+BASE_MODEL_DEP := $(if $(filter $(MODEL_DIR),$(BASE_MODEL)),$(MODEL_DIR)/model.safetensors,)
+
+train: $(RUN)/model/model.safetensors
+	@echo "model: $(RUN)/model  metrics: $(RUN)/metrics.jsonl  curve: $(RUN)/training_curve.svg"
+
+# make decided the run is stale, so it starts over (--overwrite); RESUME=1 continues instead.
+$(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) $(BASE_MODEL_DEP) $(BIN)/qa-train
+	$(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) \
+	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
+	  $(if $(RESUME),--resume,--overwrite)
+
+eval: $(RUN)/eval/metrics.json
+	@echo "predictions: $(RUN)/eval/predictions.json  metrics: $<"
+
+$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) $(BIN)/qa-eval
+	$(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
+	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval
+
+demo:
 	@echo "make $@: not implemented yet (see the open issues); nothing was run" >&2; exit 1
 
 # --- checks --------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ pub fn run_forward(
     let mut rows = Vec::with_capacity(feats.len());
     for chunk in feats.chunks(batch_size.max(1)) {
         let refs: Vec<&Feature> = chunk.iter().collect();
-        let (s, e) = model.forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
+        let (s, e) = model.infer(&make_batch(&refs, None, &Device::Cpu)?)?;
         let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
         rows.extend(s.into_iter().zip(e));
         bar.inc(chunk.len() as u64);

@@ -125,7 +125,7 @@ impl Inferencer {
             build_features(&self.tokenizer, &[example], settings, FeatureSplit::Eval)?;
         let refs: Vec<&Feature> = features.iter().collect();
         let batch = make_batch(&refs, None, &self.device)?;
-        let (start, end) = self.checkpoint.model.forward(&batch, None)?;
+        let (start, end) = self.checkpoint.model.infer(&batch)?;
         let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (start.to_vec2()?, end.to_vec2()?);
         let offsets: Vec<Vec<Option<(usize, usize)>>> = features
             .iter()

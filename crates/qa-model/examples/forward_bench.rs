@@ -25,10 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         token_type_ids: Tensor::from_vec(types, (b, len), &Device::Cpu)?,
         attention_mask: Tensor::ones((b, len), candle_core::DType::U32, &Device::Cpu)?,
     };
-    ck.model.forward(&batch, None)?; // warm-up
+    ck.model.infer(&batch)?; // warm-up
     let t = Instant::now();
     for _ in 0..batches {
-        ck.model.forward(&batch, None)?.0.to_vec2::<f32>()?;
+        ck.model.infer(&batch)?.0.to_vec2::<f32>()?;
     }
     let secs = t.elapsed().as_secs_f64();
     println!("{{\"batch\": {b}, \"len\": {len}, \"batches\": {batches}, \"seconds\": {secs:.3}, \"features_per_s\": {:.2}}}", (b * batches) as f64 / secs);

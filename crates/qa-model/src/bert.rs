@@ -6,7 +6,7 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear};
 
 use crate::config::BertConfig;
-use crate::nn::{additive_mask, maybe_dropout, softmax_last_dim, DropoutRng, LayerNorm};
+use crate::nn::{additive_mask, maybe_dropout, softmax_last_dim_with, DropoutRng, LayerNorm};
 use crate::params::Params;
 
 /// Inputs of one batch, padded to a common length: `input_ids`/`token_type_ids` u32
@@ -169,11 +169,27 @@ impl BertForQuestionAnswering {
         })
     }
 
-    /// Start and end logits, each `[batch, len]`. `dropout`: Some in training mode.
+    /// Start and end logits, each `[batch, len]`, differentiable (training, parity checks).
+    /// `dropout`: Some in training mode.
     pub fn forward(
         &self,
         batch: &Batch,
+        dropout: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, Tensor)> {
+        self.run(batch, dropout, false)
+    }
+
+    /// Inference: the same logits through candle's fused softmax and LayerNorm kernels, which
+    /// are faster but have no backward pass.
+    pub fn infer(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        self.run(batch, None, true)
+    }
+
+    fn run(
+        &self,
+        batch: &Batch,
         mut dropout: Option<&mut DropoutRng>,
+        fused: bool,
     ) -> Result<(Tensor, Tensor)> {
         let (_, len) = batch.input_ids.dims2()?;
         if len > self.config.max_position_embeddings {
@@ -191,10 +207,14 @@ impl BertForQuestionAnswering {
         )?
         .broadcast_add(&e.position.forward(&positions)?)?
         .add(&e.token_type.forward(&batch.token_type_ids)?)?;
-        let mut x = maybe_dropout(e.norm.forward(&x)?, dropout.as_deref_mut(), e.dropout)?;
+        let mut x = maybe_dropout(
+            e.norm.forward_with(&x, fused)?,
+            dropout.as_deref_mut(),
+            e.dropout,
+        )?;
         let mask = additive_mask(&batch.attention_mask)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, dropout.as_deref_mut())?;
+            x = layer.forward(&x, &mask, dropout.as_deref_mut(), fused)?;
         }
         let logits = self.qa_outputs.forward(&x)?;
         let start = logits.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
@@ -222,6 +242,7 @@ impl SelfAttention {
         x: &Tensor,
         mask: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
+        fused: bool,
     ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let split_heads = |t: Tensor| -> Result<Tensor> {
@@ -233,11 +254,11 @@ impl SelfAttention {
         let k = split_heads(self.key.forward(x)?)?;
         let v = split_heads(self.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let probs = softmax_last_dim(&scores.broadcast_add(mask)?)?;
+        let probs = softmax_last_dim_with(&scores.broadcast_add(mask)?, fused)?;
         let probs = maybe_dropout(probs, dropout.as_deref_mut(), self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
         let out = maybe_dropout(self.output.forward(&context)?, dropout, self.hidden_dropout)?;
-        self.norm.forward(&(out + x)?)
+        self.norm.forward_with(&(out + x)?, fused)
     }
 }
 
@@ -247,10 +268,11 @@ impl Layer {
         x: &Tensor,
         mask: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
+        fused: bool,
     ) -> Result<Tensor> {
-        let attended = self.attention.forward(x, mask, dropout.as_deref_mut())?;
+        let attended = self.attention.forward(x, mask, dropout.as_deref_mut(), fused)?;
         let hidden = self.intermediate.forward(&attended)?.gelu_erf()?;
         let out = maybe_dropout(self.output.forward(&hidden)?, dropout, self.hidden_dropout)?;
-        self.norm.forward(&(out + attended)?)
+        self.norm.forward_with(&(out + attended)?, fused)
     }
 }

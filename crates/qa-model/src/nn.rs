@@ -17,6 +17,15 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// `fused`: candle-nn's kernel (faster, but no backward: inference only).
+    pub fn forward_with(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        } else {
+            self.forward(x)
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
@@ -25,6 +34,15 @@ impl LayerNorm {
         normed
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension; `fused`: candle-nn's kernel (no backward).
+pub fn softmax_last_dim_with(x: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+    } else {
+        softmax_last_dim(x)
     }
 }
 

@@ -23,7 +23,7 @@ fn feature(len: usize) -> Feature {
 fn logits(ck: &Checkpoint) -> Vec<Vec<f32>> {
     let (a, b) = (feature(10), feature(6));
     let batch = make_batch(&[&a, &b], None, &Device::Cpu).unwrap();
-    ck.model.forward(&batch, None).unwrap().0.to_vec2().unwrap()
+    ck.model.infer(&batch).unwrap().0.to_vec2().unwrap()
 }
 
 fn tiny_checkpoint(dir: &std::path::Path) -> Params {

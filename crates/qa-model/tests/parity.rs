@@ -50,7 +50,13 @@ fn oracle_features(path: &Path, n: usize) -> Vec<Feature> {
     qa_features::parity::read_reference(path, n).unwrap()
 }
 
-fn max_logit_diff(model: &BertForQuestionAnswering, features: &[Feature], reference: &Path) -> f32 {
+/// `fused`: the inference path (candle's fused kernels) instead of the differentiable one.
+fn max_logit_diff(
+    model: &BertForQuestionAnswering,
+    features: &[Feature],
+    reference: &Path,
+    fused: bool,
+) -> f32 {
     let (df, _) = read_parquet(reference).unwrap();
     let c = Columns::new(reference, &df);
     let (ref_start, ref_end) = (
@@ -62,7 +68,11 @@ fn max_logit_diff(model: &BertForQuestionAnswering, features: &[Feature], refere
     for (b, chunk) in features.chunks(8).enumerate() {
         let refs: Vec<&Feature> = chunk.iter().collect();
         let batch = make_batch(&refs, None, &Device::Cpu).unwrap();
-        let (start, end) = model.forward(&batch, None).unwrap();
+        let (start, end) = if fused {
+            model.infer(&batch).unwrap()
+        } else {
+            model.forward(&batch, None).unwrap()
+        };
         let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
             (start.to_vec2().unwrap(), end.to_vec2().unwrap());
         let batch_len = start[0].len();
@@ -88,10 +98,12 @@ fn eval_logits_match_transformers_within_1e_4() {
     let lens: std::collections::BTreeSet<usize> =
         tiny.iter().chain(&dev).map(Feature::len).collect();
     assert!(lens.len() > 20, "varying lengths");
-    let d1 = max_logit_diff(&model, &tiny, &fixture("tiny.train.logits.ref.parquet"));
-    let d2 = max_logit_diff(&model, &dev, &fixture("dev32.eval.logits.ref.parquet"));
-    eprintln!("max |logit diff|: tiny {d1:e}, dev {d2:e}");
-    assert!(d1 < 1e-4 && d2 < 1e-4, "tiny {d1}, dev {d2}");
+    for fused in [true, false] {
+        let d1 = max_logit_diff(&model, &tiny, &fixture("tiny.train.logits.ref.parquet"), fused);
+        let d2 = max_logit_diff(&model, &dev, &fixture("dev32.eval.logits.ref.parquet"), fused);
+        eprintln!("fused {fused}: max |logit diff|: tiny {d1:e}, dev {d2:e}");
+        assert!(d1 < 1e-4 && d2 < 1e-4, "fused {fused}: tiny {d1}, dev {d2}");
+    }
 }
 
 #[test]
