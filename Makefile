@@ -114,15 +114,24 @@ $(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.par
 	$(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
 	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval
 
-demo:
-	@echo "make $@: not implemented yet (see the open issues); nothing was run" >&2; exit 1
+# The notebook's "test inference before fine-tuning" step, and the same question after it.
+DEMO_Q := Which NFL team represented the AFC at Super Bowl 50?
+DEMO_C := Super Bowl 50 was an American football game to determine the champion of the National Football League (NFL) for the 2015 season. The American Football Conference (AFC) champion Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24–10 to earn their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in the San Francisco Bay Area at Santa Clara, California.
+demo: $(BIN)/qa-infer model
+	@echo "Q: $(DEMO_Q)"
+	@printf '%-34s' "base model ($(BASE_MODEL)):"; \
+	  $(BIN)/qa-infer --model $(BASE_MODEL) --question "$(DEMO_Q)" --context "$(DEMO_C)" 2>/dev/null
+	@if [ -e $(RUN)/model/config.json ]; then \
+	  printf '%-34s' "fine-tuned ($(RUN)/model):"; \
+	  $(BIN)/qa-infer --model $(RUN)/model --question "$(DEMO_Q)" --context "$(DEMO_C)"; \
+	else echo "fine-tuned: no $(RUN)/model yet (make train)"; fi
 
 # --- checks --------------------------------------------------------------------------------
 test: model
 	$(CARGO) test --workspace --locked
 	scripts/test_fetch.sh
 
-bench: $(BIN)/squad-ingest $(BIN)/qa-features $(BIN)/qa-infer model
+bench: $(foreach s,$(STAGES),$(BIN)/$(s)) model
 	scripts/bench.sh $(BIN)
 
 clean-run:

@@ -74,3 +74,56 @@ PY
   )
   echo "torch forward:  $torch" | tee -a "$out/infer.txt"
 fi
+
+# --- training (qa-train): the first 96 training questions, one epoch, batch 8, 2 threads -----
+# Fixed length 384 (run_qa.py's padding) and dynamic padding (ours by default); then peak RSS
+# for MiniLM and for a randomly initialised bert-base-shaped model (12 layers, hidden 768).
+export RAYON_NUM_THREADS=2
+"$bin/squad-ingest" --input "$train" --output "$out/train96.examples.parquet" --limit 96 2>/dev/null
+"$bin/qa-features" --examples "$out/train96.examples.parquet" --tokenizer "$model" --split train --output "$out/train96.features.parquet" 2>/dev/null
+summary_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+for mode in fixed dynamic; do
+  flag=; [ $mode = fixed ] && flag=--pad-to-max-length
+  s=$("$bin/qa-train" --features "$out/train96.features.parquet" --model "$model" --output "$out/train-$mode" \
+      --overwrite --threads 2 --quiet --save-steps 0 $flag 2>/dev/null)
+  echo "qa-train MiniLM, $mode padding: $(echo "$s" | summary_field train_features_per_second) features/s, peak RSS $(echo "$s" | summary_field peak_rss_mib) MiB" | tee -a "$out/train.txt"
+done
+mkdir -p "$out/bert-base-shaped"
+cat > "$out/bert-base-shaped/config.json" <<'JSON'
+{"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+ "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
+ "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+JSON
+s=$("$bin/qa-train" --features "$out/train96.features.parquet" --model "$out/bert-base-shaped" --random-init \
+    --output "$out/train-bert-base" --overwrite --threads 2 --quiet --save-steps 0 --max-steps 2 --pad-to-max-length 2>/dev/null)
+echo "qa-train bert-base shape (random init), 384 padding, 2 steps: $(echo "$s" | summary_field train_features_per_second) features/s, peak RSS $(echo "$s" | summary_field peak_rss_mib) MiB" | tee -a "$out/train.txt"
+if [ "${BENCH_ORACLE:-0}" = 1 ] && [ -x "$py" ]; then
+  for mode in fixed dynamic; do
+    flag=; [ $mode = dynamic ] && flag=--dynamic-padding
+    s=$(MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" \
+        --dev-file "${DEV_JSON:-data/squad/dev-v1.1.json.gz}" --train-limit 96 --eval-limit 8 --threads 2 \
+        --out "$out/ref-train-$mode" $flag 2>/dev/null | tail -1)
+    echo "ref_train.py MiniLM, $mode padding: $(echo "$s" | sed -n 's/.*"train_features_per_s": \([0-9.]*\).*/\1/p') features/s" | tee -a "$out/train.txt"
+  done
+fi
+
+# --- evaluation (qa-eval): full dev-v1.1 (10,570 questions), MiniLM, 2 threads --------------
+# Slow here (minutes); BENCH_SKIP_FULL_EVAL=1 skips it.
+dev=${DEV_JSON:-data/squad/dev-v1.1.json.gz}
+if [ "${BENCH_SKIP_FULL_EVAL:-0}" != 1 ]; then
+  [ -e "$dev" ] || make --no-print-directory "$dev"
+  "$bin/squad-ingest" --input "$dev" --output "$out/dev-full.examples.parquet" 2>/dev/null
+  "$bin/qa-features" --examples "$out/dev-full.examples.parquet" --tokenizer "$model" --split eval --output "$out/dev-full.features.parquet" 2>/dev/null
+  t0=$(date +%s.%N)
+  "$bin/qa-eval" --model "$model" --features "$out/dev-full.features.parquet" --examples "$out/dev-full.examples.parquet" \
+    --output "$out/eval-dev-full" --quiet >/dev/null
+  t1=$(date +%s.%N)
+  fps=$(sed -n 's/.*"features_per_second": \([0-9.]*\).*/\1/p' "$out/eval-dev-full/metrics.json")
+  echo "qa-eval full dev-v1.1: $(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}')s wall, forward $fps features/s" | tee "$out/eval.txt"
+  if [ "${BENCH_ORACLE:-0}" = 1 ] && [ -x "$py" ]; then
+    # The oracle's evaluation: ref_train.py with no training steps on the same dev set.
+    s=$(MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" --dev-file "$dev" \
+        --train-limit 8 --max-steps 1 --eval-limit 10570 --threads 2 --out "$out/ref-eval-full" ${BENCH_ORACLE_EVAL_FLAGS:-} 2>/dev/null | tail -1)
+    echo "ref_train.py eval, full dev: $(echo "$s" | sed -n 's/.*"eval_wall_s": \([0-9.]*\).*/\1/p')s ($(echo "$s" | sed -n 's/.*"eval_features_per_s": \([0-9.]*\).*/\1/p') features/s)" | tee -a "$out/eval.txt"
+  fi
+fi

@@ -112,6 +112,8 @@ pub struct EvalSet {
     pub features: Vec<Feature>,
     pub examples: Vec<Example>,
     pub max_length: Option<usize>,
+    /// The examples come from a SQuAD v2.0 file (unanswerable questions possible).
+    pub squad_v2: bool,
     vocab_sha256: Option<String>,
 }
 
@@ -126,7 +128,10 @@ impl EvalSet {
                         .into(),
             });
         }
-        let (examples, _) = squad_core::examples::read(examples_path)?;
+        let (examples, examples_meta) = squad_core::examples::read(examples_path)?;
+        let squad_v2 = examples_meta
+            .get(squad_core::examples::meta::SQUAD_VERSION)
+            .is_some_and(|v| v == "2.0");
         let examples_sha = sha256_file(examples_path)?;
         if meta
             .get(features::meta::EXAMPLES_SHA256)
@@ -144,6 +149,7 @@ impl EvalSet {
             features_path: features_path.into(),
             features: feats,
             examples,
+            squad_v2,
             max_length: meta
                 .get(features::meta::MAX_LENGTH)
                 .and_then(|v| v.parse().ok()),

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use qa_features::{make_features_file, QaTokenizer, Settings};
 use squad_core::features::FeatureSplit;
-use squad_ingest::{read_squad, write_outputs, IngestOptions, Selection};
+use squad_ingest::{read_squad, write_outputs, IngestOptions, Selection, Shard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_qa-eval");
 
@@ -143,4 +143,67 @@ fn checks_the_tokenizer_vocabulary_not_the_file_bytes() {
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(err.contains("another tokenizer vocabulary") && err.contains("tiny.eval.features.parquet"), "{err}");
     assert!(!out.exists());
+}
+
+/// Examples and eval features of one shard (`None`: all) of a SQuAD file.
+fn shard_inputs(dir: &Path, json: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf) {
+    let name = shard.map_or("all".to_string(), |s| format!("shard{}", s.index));
+    let options = IngestOptions {
+        selection: Selection {
+            shard,
+            ..Selection::default()
+        },
+        ..IngestOptions::default()
+    };
+    let ingested = read_squad(json, &options).unwrap();
+    let examples = dir.join(format!("{name}.examples.parquet"));
+    write_outputs(&examples, &ingested, &options.selection).unwrap();
+    let feats = dir.join(format!("{name}.features.parquet"));
+    let tok = QaTokenizer::load(&model()).unwrap();
+    let settings = Settings {
+        max_length: 384,
+        stride: 128,
+    };
+    make_features_file(&examples, &tok, settings, FeatureSplit::Eval, &feats).unwrap();
+    (examples, feats)
+}
+
+#[test]
+fn a_sharded_evaluation_merges_to_the_unsharded_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = root().join("crates/qa-features/tests/fixtures/tiny_v2.json");
+    let read = |p: PathBuf| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let (examples, feats) = shard_inputs(dir.path(), &json, None);
+    let whole = dir.path().join("eval-all");
+    assert!(eval(&examples, &feats, &whole).status.success());
+    let mut merged = serde_json::Map::new();
+    let mut shard_predictions = vec![];
+    for index in 0..2 {
+        let shard = Shard { index, count: 2 };
+        let (examples, feats) = shard_inputs(dir.path(), &json, Some(shard));
+        let out = dir.path().join(format!("eval-{index}"));
+        assert!(eval(&examples, &feats, &out).status.success());
+        let preds = read(out.join("predictions.json"));
+        assert!(!preds.is_empty() && preds.len() < 14);
+        merged.extend(preds);
+        shard_predictions.push(out.join("predictions.json"));
+    }
+    assert_eq!(merged, read(whole.join("predictions.json")), "same answers");
+
+    // The documented merge: `qa-eval score` over the shards' files equals scoring the whole.
+    let score = |files: &[PathBuf]| -> serde_json::Value {
+        let out = Command::new(BIN)
+            .arg("score")
+            .arg("--data")
+            .arg(&json)
+            .arg("--predictions")
+            .args(files)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(score(&shard_predictions), score(&[whole.join("predictions.json")]));
 }

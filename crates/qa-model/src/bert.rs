@@ -3,10 +3,10 @@
 //! LayerNorm), and `qa_outputs = Linear(hidden, 2)` giving start/end logits.
 
 use candle_core::{Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear};
+use candle_nn::Embedding;
 
 use crate::config::BertConfig;
-use crate::nn::{additive_mask, maybe_dropout, softmax_last_dim_with, DropoutRng, LayerNorm};
+use crate::nn::{additive_mask, maybe_dropout, softmax_last_dim_with, DropoutRng, LayerNorm, Linear};
 use crate::params::Params;
 
 /// Inputs of one batch, padded to a common length: `input_ids`/`token_type_ids` u32
@@ -54,10 +54,10 @@ pub struct BertForQuestionAnswering {
 }
 
 fn linear(p: &Params, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
-    Ok(Linear::new(
-        p.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
-        Some(p.get(&format!("{prefix}.bias"), &[out_dim])?),
-    ))
+    Ok(Linear {
+        weight: p.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+        bias: p.get(&format!("{prefix}.bias"), &[out_dim])?,
+    })
 }
 
 fn layer_norm(p: &Params, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {

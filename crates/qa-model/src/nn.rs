@@ -7,6 +7,31 @@ use candle_core::{DType, Result, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// `y = x W^T + b` over the last dimension. Unlike candle-nn's `Linear` (one matmul per
+/// batch row against a broadcast weight), the leading dimensions are flattened into one
+/// large matmul, which the gemm kernel parallelises far better.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`, as torch stores it.
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = *dims.last().expect("at least one dimension");
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        y.reshape(shape)
+    }
+}
+
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased
 /// variance, as torch).
 #[derive(Debug, Clone)]

@@ -92,6 +92,16 @@ pub struct TrainSummary {
     pub resumed_from_step: Option<usize>,
     pub model: PathBuf,
     pub eval: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Peak resident memory of the process (Linux), in MiB.
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// `VmHWM` of /proc/self/status: the process's peak resident set, in MiB (Linux only).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Micro-batches per optimizer step at the end of an epoch may be fewer (HF steps anyway).
@@ -481,7 +491,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 let pp = PostprocessConfig {
                     n_best_size: ev.n_best_size,
                     max_answer_length: ev.max_answer_length,
-                    version_2_with_negative: ev.version_2_with_negative,
+                    version_2_with_negative: ev.version_2_with_negative || set.squad_v2,
                     null_score_diff_threshold: ev.null_score_diff_threshold,
                 };
                 let evaluation = evaluate_model(&run.model, set, ev.batch_size, &pp, false)?;
@@ -522,6 +532,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
         resumed_from_step,
         model: opts.output.join("model"),
         eval: last_eval,
+        peak_rss_mib: peak_rss_mib(),
     };
     run.log.append(record! {
         "step" => s.global_step,
