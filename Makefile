@@ -11,6 +11,8 @@
 #   make train       fine-tune: runs/<name>/model (+ metrics.jsonl, training_curve.svg, eval/epoch-N)
 #                    RESUME=1 continues a killed run from its last checkpoint
 #   make eval        evaluate runs/<name>/model on the dev features: runs/<name>/eval/metrics.json
+#                    and the run report runs/<name>/report.md
+#   make demo        the notebook's example question: base model vs fine-tuned
 #   make infer Q="question" C="context"   answer with runs/<name>/model, else the base model
 #   make test        the test suite (what CI runs)
 #   make bench       speed benchmarks (release build)
@@ -29,7 +31,8 @@ TRAIN_JSON := $(or $(call yaml_value,train_file),data/squad/train-v1.1.json.gz)
 DEV_JSON   := $(or $(call yaml_value,dev_file),data/squad/dev-v1.1.json.gz)
 TOKENIZER  := $(or $(call yaml_value,tokenizer),$(call yaml_value,name_or_path),$(MODEL_DIR))
 # The offline default model is fetched by `make model`; other paths must exist already.
-TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(TOKENIZER))
+# A hub id (bert-base-uncased) is no file: the stages fetch it.
+TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(wildcard $(TOKENIZER)))
 
 .DEFAULT_GOAL := help
 .PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run
@@ -47,9 +50,11 @@ STAGES := squad-ingest qa-features qa-train qa-eval qa-infer
 LIBS_qa-infer := qa-model qa-features
 LIBS_qa-eval  := qa-model squad-ingest
 LIBS_qa-train := qa-model qa-eval squad-ingest
+# One cargo call builds every binary: building them one package at a time unifies
+# dependency features differently each time and recompiles polars and candle over and over.
 define binary_rule
 $(BIN)/$(1): $(CORE_SOURCES) $(foreach c,$(1) $(LIBS_$(1)),$(call crate_sources,$(c)))
-	$(CARGO) build --release --locked -p $(1)
+	$(CARGO) build --release --locked --bins
 endef
 $(foreach s,$(STAGES),$(eval $(call binary_rule,$(s))))
 
@@ -65,13 +70,16 @@ $(MODEL_DIR)/model.safetensors:
 	scripts/fetch_model.sh $(MODEL_DIR)
 
 # --- stages --------------------------------------------------------------------------------
+# Outputs depend on their inputs and the YAML. The binaries are order-only prerequisites: a
+# rebuilt tool does not redo finished stages (retraining takes long); delete an output, or
+# `make -B <target>`, to redo it with new code.
 ingest: $(RUN)/train.examples.parquet $(RUN)/dev.examples.parquet
 
-$(RUN)/train.examples.parquet: $(CONFIG) $(TRAIN_JSON) $(BIN)/squad-ingest
-	$(BIN)/squad-ingest --config $(CONFIG) --split train --input $(TRAIN_JSON) --output $@
+$(RUN)/train.examples.parquet: $(CONFIG) $(TRAIN_JSON) | $(BIN)/squad-ingest
+	scripts/timed.sh $(RUN)/timings.tsv ingest-train -- $(BIN)/squad-ingest --config $(CONFIG) --split train --input $(TRAIN_JSON) --output $@
 
-$(RUN)/dev.examples.parquet: $(CONFIG) $(DEV_JSON) $(BIN)/squad-ingest
-	$(BIN)/squad-ingest --config $(CONFIG) --split dev --input $(DEV_JSON) --output $@
+$(RUN)/dev.examples.parquet: $(CONFIG) $(DEV_JSON) | $(BIN)/squad-ingest
+	scripts/timed.sh $(RUN)/timings.tsv ingest-dev -- $(BIN)/squad-ingest --config $(CONFIG) --split dev --input $(DEV_JSON) --output $@
 
 stats: ingest
 	$(BIN)/squad-ingest stats $(RUN)/train.examples.parquet --show 3
@@ -79,11 +87,11 @@ stats: ingest
 
 features: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet
 
-$(RUN)/train.features.parquet: $(RUN)/train.examples.parquet $(CONFIG) $(TOKENIZER_DEP) $(BIN)/qa-features
-	$(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split train --output $@
+$(RUN)/train.features.parquet: $(RUN)/train.examples.parquet $(CONFIG) $(TOKENIZER_DEP) | $(BIN)/qa-features
+	scripts/timed.sh $(RUN)/timings.tsv features-train -- $(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split train --output $@
 
-$(RUN)/dev.features.parquet: $(RUN)/dev.examples.parquet $(CONFIG) $(TOKENIZER_DEP) $(BIN)/qa-features
-	$(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split eval --output $@
+$(RUN)/dev.features.parquet: $(RUN)/dev.examples.parquet $(CONFIG) $(TOKENIZER_DEP) | $(BIN)/qa-features
+	scripts/timed.sh $(RUN)/timings.tsv features-dev -- $(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split eval --output $@
 
 parity: $(BIN)/squad-ingest $(BIN)/qa-features model data/squad/train-v1.1.json.gz data/squad/dev-v1.1.json.gz
 	scripts/compare_features_full.sh $(BIN)
@@ -102,16 +110,19 @@ train: $(RUN)/model/model.safetensors
 	@echo "model: $(RUN)/model  metrics: $(RUN)/metrics.jsonl  curve: $(RUN)/training_curve.svg"
 
 # make decided the run is stale, so it starts over (--overwrite); RESUME=1 continues instead.
-$(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) $(BASE_MODEL_DEP) $(BIN)/qa-train
-	$(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) \
+$(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) $(BASE_MODEL_DEP) | $(BIN)/qa-train
+	scripts/timed.sh $(RUN)/timings.tsv train -- $(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) \
 	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
 	  $(if $(RESUME),--resume,--overwrite)
 
-eval: $(RUN)/eval/metrics.json
-	@echo "predictions: $(RUN)/eval/predictions.json  metrics: $<"
+eval: $(RUN)/report.md
+	@echo "predictions: $(RUN)/eval/predictions.json  metrics: $(RUN)/eval/metrics.json  report: $<"
 
-$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) $(BIN)/qa-eval
-	$(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
+$(RUN)/report.md: $(RUN)/eval/metrics.json scripts/report.py
+	python3 scripts/report.py $(RUN) >/dev/null
+
+$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) | $(BIN)/qa-eval
+	scripts/timed.sh $(RUN)/timings.tsv eval -- $(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
 	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval
 
 # The notebook's "test inference before fine-tuning" step, and the same question after it.

@@ -113,10 +113,22 @@ impl QaTokenizer {
     }
 }
 
+/// The tokenizer file for `path`: the file itself, a checkpoint directory's tokenizer.json or
+/// vocab.txt, or those of a hub id (e.g. `bert-base-uncased`, fetched when online).
 fn resolve(path: &Path) -> Result<PathBuf, TokenizerError> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
+    let name = path.to_string_lossy();
+    let path = &if !path.exists() && squad_core::hub::looks_like_hub_id(&name) {
+        squad_core::hub::resolve(
+            &name,
+            &[&["tokenizer.json", "vocab.txt"]],
+            &["tokenizer_config.json"],
+        )?
+    } else {
+        path.to_path_buf()
+    };
     if path.is_dir() {
         for name in ["tokenizer.json", "vocab.txt"] {
             let candidate = path.join(name);

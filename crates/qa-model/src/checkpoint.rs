@@ -38,62 +38,13 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
-fn looks_like_hub_id(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(['/', '.', '~'])
-        && name.matches('/').count() <= 1
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-}
-
 /// A local checkpoint directory for `name_or_path`, downloading a hub id when needed.
 pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
-    let path = Path::new(name_or_path);
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let err = |message: String| ModelError::Resolve {
-        name: name_or_path.into(),
-        message,
-    };
-    if path.exists() {
-        return Err(err("is a file; give the checkpoint directory".into()));
-    }
-    if !looks_like_hub_id(name_or_path) {
-        return Err(err("no such directory".into()));
-    }
-    let offline_hint = "run `make model` for the offline default (data/models/all-MiniLM-L6-v2) or give a local checkpoint directory";
-    if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v == "1") {
-        return Err(err(format!(
-            "not a local directory, and HF_HUB_OFFLINE=1; {offline_hint}"
-        )));
-    }
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_progress(false)
-        .build()
-        .map_err(|e| {
-            err(format!(
-                "cannot use the Hugging Face hub ({e}); {offline_hint}"
-            ))
-        })?;
-    let repo = api.model(name_or_path.to_string());
-    let config = repo.get("config.json").map_err(|e| {
-        err(format!(
-            "not a local directory and not fetchable from the hub ({e}); {offline_hint}"
-        ))
-    })?;
-    if repo.get("model.safetensors").is_err() {
-        repo.get("pytorch_model.bin")
-            .map_err(|e| err(format!("no weights on the hub: {e}")))?;
-    }
-    for f in TOKENIZER_FILES {
-        let _ = repo.get(f); // optional
-    }
-    Ok(config
-        .parent()
-        .expect("file in a snapshot dir")
-        .to_path_buf())
+    Ok(squad_core::hub::resolve(
+        name_or_path,
+        &[&["config.json"], &["model.safetensors", "pytorch_model.bin"]],
+        &TOKENIZER_FILES,
+    )?)
 }
 
 impl Checkpoint {
@@ -189,8 +140,12 @@ pub fn save_with(
     let staged = tmp.keep();
     #[cfg(unix)]
     {
+        // Temp dirs and safetensors files are created private; outputs get the usual modes.
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755));
+        for entry in std::fs::read_dir(&staged).into_iter().flatten().flatten() {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644));
+        }
     }
     let old = parent.join(format!(
         ".old-{}-{}",
@@ -207,18 +162,4 @@ pub fn save_with(
         let _ = std::fs::remove_dir_all(&old);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hub_ids_and_paths() {
-        assert!(looks_like_hub_id("bert-base-uncased"));
-        assert!(looks_like_hub_id("sentence-transformers/all-MiniLM-L6-v2"));
-        assert!(!looks_like_hub_id("./runs/x/model"));
-        assert!(!looks_like_hub_id("/abs/dir"));
-        assert!(!looks_like_hub_id("a/b/c"));
-    }
 }

@@ -295,6 +295,19 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     }
 
     let lengths: Vec<usize> = feats.iter().map(Feature::len).collect();
+    let recorded_order: Option<Vec<usize>> = match &tc.data_order {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| squad_core::Error::io(path, e))?;
+            let order: Vec<usize> = serde_json::from_str(&text).map_err(|e| TrainError::Input {
+                path: path.clone(),
+                message: format!("expected a JSON list of feature indices: {e}"),
+            })?;
+            order::replayed_batches(&order, feats.len(), tc.batch_size, 0)
+                .map_err(|message| TrainError::Input { path: path.clone(), message })?;
+            Some(order)
+        }
+        None => None,
+    };
     let batches_per_epoch = feats.len().div_ceil(tc.batch_size.max(1));
     let accumulation = tc.gradient_accumulation_steps.max(1);
     let per_epoch = steps_per_epoch(batches_per_epoch, accumulation);
@@ -383,7 +396,14 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
 
     while run.state.epoch < epochs {
         let epoch = run.state.epoch;
-        let batches = order::epoch_batches(&lengths, tc.batch_size, tc.seed, epoch, tc.group_by_length);
+        let batches = match &recorded_order {
+            Some(o) => order::replayed_batches(o, feats.len(), tc.batch_size, epoch)
+                .map_err(|message| TrainError::Input {
+                    path: tc.data_order.clone().unwrap_or_default(),
+                    message,
+                })?,
+            None => order::epoch_batches(&lengths, tc.batch_size, tc.seed, epoch, tc.group_by_length),
+        };
         while run.state.batches_done < batches.len() && run.state.global_step < total_steps {
             let started = Instant::now();
             let from = run.state.batches_done;

@@ -72,6 +72,10 @@ struct Cli {
     /// Batch features of similar length together.
     #[arg(long)]
     group_by_length: bool,
+    /// Replay a recorded data order (JSON list of feature indices per epoch, e.g. HF Trainer's
+    /// train_order.json) instead of the seeded shuffle.
+    #[arg(long)]
+    data_order: Option<PathBuf>,
     /// Dropout off (for parity checks).
     #[arg(long)]
     no_dropout: bool,
@@ -123,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     );
     if cli.max_steps.is_some() {
         t.max_steps = cli.max_steps;
+    }
+    if cli.data_order.is_some() {
+        t.data_order = cli.data_order;
     }
     t.pad_to_max_length |= cli.pad_to_max_length;
     t.group_by_length |= cli.group_by_length;

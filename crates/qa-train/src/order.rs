@@ -42,6 +42,31 @@ pub fn epoch_batches(
     batches
 }
 
+/// A recorded order (e.g. HF Trainer's `train_order.json`): `order` holds one permutation of
+/// `0..n` per epoch, reused cyclically. Errors describe what is wrong with it.
+pub fn replayed_batches(
+    order: &[usize],
+    n: usize,
+    batch_size: usize,
+    epoch: usize,
+) -> Result<Vec<Vec<usize>>, String> {
+    if n == 0 || order.is_empty() || order.len() % n != 0 {
+        return Err(format!(
+            "has {} indices, not a whole number of epochs of {n} features",
+            order.len()
+        ));
+    }
+    let epochs = order.len() / n;
+    let chunk = &order[(epoch % epochs) * n..][..n];
+    let mut seen = vec![false; n];
+    for &i in chunk {
+        if i >= n || std::mem::replace(&mut seen[i], true) {
+            return Err(format!("epoch {} is not a permutation of 0..{n} (index {i})", epoch % epochs));
+        }
+    }
+    Ok(chunk.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +82,16 @@ mod tests {
         assert_eq!(a, epoch_batches(&lengths, 8, 42, 0, false), "same seed, same order");
         assert_ne!(a, epoch_batches(&lengths, 8, 42, 1, false), "new order per epoch");
         assert_ne!(a, epoch_batches(&lengths, 8, 7, 0, false));
+    }
+
+    #[test]
+    fn replays_a_recorded_order_and_rejects_bad_ones() {
+        let order = [2, 0, 1, 1, 2, 0];
+        assert_eq!(replayed_batches(&order, 3, 2, 0).unwrap(), vec![vec![2, 0], vec![1]]);
+        assert_eq!(replayed_batches(&order, 3, 2, 1).unwrap(), vec![vec![1, 2], vec![0]]);
+        assert_eq!(replayed_batches(&order, 3, 2, 2).unwrap(), vec![vec![2, 0], vec![1]]);
+        assert!(replayed_batches(&[0, 0, 1], 3, 2, 0).unwrap_err().contains("permutation"));
+        assert!(replayed_batches(&[0, 1], 3, 2, 0).unwrap_err().contains("whole number"));
     }
 
     #[test]

@@ -192,6 +192,9 @@ pub struct TrainConfig {
     pub logging_steps: usize,
     /// Dropout as the model's config.json sets it (false: off, for parity checks).
     pub dropout: bool,
+    /// Replay a recorded order instead of shuffling: a JSON list of feature indices, one
+    /// permutation per epoch (e.g. the oracle's `train_order.json` from HF Trainer).
+    pub data_order: Option<PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -216,6 +219,7 @@ impl Default for TrainConfig {
             save_total_limit: 2,
             logging_steps: 10,
             dropout: true,
+            data_order: None,
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum Error {
     Schema { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
     Config { path: PathBuf, message: String },
+    /// A model or tokenizer name that is neither a local directory nor fetchable.
+    #[error("{name:?}: {message}")]
+    Resolve { name: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@ pub mod error;
 pub mod examples;
 pub mod features;
 pub mod fsutil;
+pub mod hub;
 pub mod metric;
 pub mod parquet_io;
 pub mod postprocess;
