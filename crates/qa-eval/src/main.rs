@@ -6,6 +6,7 @@ use qa_eval::evaluate::{evaluate, EvalInputs};
 use qa_eval::{score, ScoreOptions, Version};
 use squad_core::postprocess::PostprocessConfig;
 use squad_core::PipelineConfig;
+use squad_core::exit::finish;
 
 /// Evaluate a QA checkpoint on eval features: batched forward, HF post-processing, and the
 /// official SQuAD metrics; or score a predictions file (`qa-eval score`).
@@ -94,13 +95,7 @@ enum VersionArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Some(Command::Score(args)) = cli.command else {
-        return match run_eval(cli.eval) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("qa-eval: error: {e:#}");
-                ExitCode::from(1)
-            }
-        };
+        return finish("qa-eval", run_eval(cli.eval).map(|()| ExitCode::SUCCESS));
     };
     let options = ScoreOptions {
         version: match args.version {
@@ -124,10 +119,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::Value::Object(scored.metrics));
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("qa-eval: error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => finish("qa-eval", Err(e)),
     }
 }
 

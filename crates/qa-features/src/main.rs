@@ -8,6 +8,7 @@ use qa_features::{make_features_file, parity, FeaturesError, QaTokenizer, Settin
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::sibling_path;
 use squad_core::PipelineConfig;
+use squad_core::exit::finish;
 
 /// Turn examples (from squad-ingest) into model features exactly as HF run_qa.py does:
 /// `[CLS] question [SEP] context-window [SEP]`, windows of --max-length tokens overlapping
@@ -81,13 +82,7 @@ fn main() -> ExitCode {
         Some(Command::Compare(args)) => run_compare(args),
         None => run_build(cli.build),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("qa-features: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    finish("qa-features", result)
 }
 
 fn run_build(args: BuildArgs) -> Result<ExitCode> {

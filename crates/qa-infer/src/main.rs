@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use qa_infer::{Answer, InferSettings, Inferencer};
 use serde::Deserialize;
+use squad_core::exit::finish;
 
 /// Answer questions with a BERT QA checkpoint (a local directory or a Hugging Face hub id).
 ///
@@ -58,13 +59,7 @@ struct Query {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("qa-infer: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    finish("qa-infer", run(cli))
 }
 
 fn answer_json(id: &serde_json::Value, answers: &[Answer], top_k: usize) -> serde_json::Value {

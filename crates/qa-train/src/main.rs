@@ -5,6 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use qa_train::{train, EvalData, TrainOptions};
 use squad_core::PipelineConfig;
+use squad_core::exit::finish;
 
 /// Fine-tune a BERT checkpoint for extractive QA with HF Trainer semantics. Writes
 /// checkpoints (resumable with --resume), the final model (OUTPUT/model), metrics.jsonl and
@@ -93,13 +94,7 @@ fn main() -> ExitCode {
         // Read by candle's matmul and by rayon's global pool; must be set before either starts.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("qa-train: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    finish("qa-train", run(cli).map(|()| ExitCode::SUCCESS))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

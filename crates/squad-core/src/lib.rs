@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod examples;
+pub mod exit;
 pub mod features;
 pub mod fsutil;
 pub mod hub;

@@ -8,6 +8,7 @@ use squad_core::config::{ArticleRange, Split};
 use squad_core::fsutil::sibling_path;
 use squad_core::PipelineConfig;
 use squad_ingest::{read_squad, stats, write_outputs, IngestOptions, Selection, Shard};
+use squad_core::exit::finish;
 
 /// Read a SQuAD v1.1/v2.0 file (.json or .json.gz), validate it and write one Parquet row per
 /// question, with a stats JSON and the resolved config beside it.
@@ -84,13 +85,7 @@ fn main() -> ExitCode {
         Some(Command::Stats(args)) => run_stats(args),
         None => run_ingest(cli.ingest),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("squad-ingest: error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    finish("squad-ingest", result)
 }
 
 fn usage(msg: &str) -> Result<ExitCode> {
