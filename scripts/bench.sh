@@ -51,7 +51,9 @@ warm=$(echo "$cold $batch" | awk '{printf "%.1f", ($2 - $1) / 20 * 1000}')
 echo "qa-infer: cold ${cold}s (start + load + 1 answer); warm ${warm} ms/question (21-line JSONL minus cold)" | tee "$out/infer.txt"
 
 # Eval-mode forward throughput at 8 x 384, ours vs torch (2 threads each).
-ours=$(RAYON_NUM_THREADS=2 cargo run -q --release --locked -p qa-model --example forward_bench -- "$model" 8 384 6)
+# Built with the binaries' feature set (a `-p qa-model` build would recompile polars and candle).
+cargo build -q --release --locked --bins --examples
+ours=$(RAYON_NUM_THREADS=2 "$bin/examples/forward_bench" "$model" 8 384 6)
 echo "candle forward: $ours" | tee -a "$out/infer.txt"
 if [ -x "$py" ]; then
   torch=$(HF_HUB_OFFLINE=1 "$py" - "$model" 2>/dev/null <<'PY'
