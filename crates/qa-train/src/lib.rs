@@ -425,7 +425,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                         what: "loss",
                         value,
                         step: run.state.global_step + 1,
-                        epoch,
+                        epoch: epoch + 1,
                         last: run.last_good(),
                     });
                 }
@@ -450,7 +450,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                     what: "gradient norm",
                     value: grad_norm,
                     step: run.state.global_step + 1,
-                    epoch,
+                    epoch: epoch + 1,
                     last: run.last_good(),
                 });
             }

@@ -66,9 +66,13 @@ fn train_cmd(i: &Inputs, out: &Path, extra: &[&str]) -> Command {
         .arg("--random-init")
         .arg("--output")
         .arg(out)
-        .args(["--batch-size", "2", "--save-steps", "3"])
-        .args(["--learning-rate", "1e-3", "--logging-steps", "1", "--threads", "2", "--quiet"])
+        .args(["--batch-size", "2", "--logging-steps", "1", "--threads", "2", "--quiet"])
         .args(extra);
+    for (flag, default) in [("--learning-rate", "1e-3"), ("--save-steps", "3")] {
+        if !extra.contains(&flag) {
+            c.args([flag, default]);
+        }
+    }
     c
 }
 
@@ -221,4 +225,24 @@ fn bad_inputs_fail_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.parquet"));
     assert!(!tmp.path().join("r3").exists(), "no output on failure");
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_keeps_its_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let run = tmp.path().join("run");
+    // AdamW moves every weight by about lr per step: at 1e30 the activations overflow.
+    let out = train_cmd(&i, &run, &["--learning-rate", "1e30", "--save-steps", "1", "--max-grad-norm", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        (err.contains("loss is") || err.contains("gradient norm is")) && err.contains("stopped"),
+        "{err}"
+    );
+    assert!(err.contains("checkpoint-"), "names the last good checkpoint: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!run.join("model").exists(), "no final model from a diverged run");
 }
