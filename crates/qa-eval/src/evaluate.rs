@@ -10,10 +10,10 @@ use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
 use serde::Serialize;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::{sha256_file, write_atomic_bytes};
-use squad_core::vocab::{tokenizer_file, vocab_sha256};
 use squad_core::metric::{evaluate_v1, evaluate_v2, Gold};
 use squad_core::parquet_io::{write_parquet, Metadata};
 use squad_core::postprocess::{postprocess, PostprocessConfig, Predictions};
+use squad_core::vocab::{tokenizer_file, vocab_sha256};
 use squad_core::{Example, Feature};
 
 #[derive(Debug, thiserror::Error)]

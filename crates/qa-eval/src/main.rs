@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qa_eval::evaluate::{evaluate, EvalInputs};
 use qa_eval::{score, ScoreOptions, Version};
+use squad_core::exit::finish;
 use squad_core::postprocess::PostprocessConfig;
 use squad_core::PipelineConfig;
-use squad_core::exit::finish;
 
 /// Evaluate a QA checkpoint on eval features: batched forward, HF post-processing, and the
 /// official SQuAD metrics; or score a predictions file (`qa-eval score`).

@@ -129,7 +129,11 @@ fn checks_the_tokenizer_vocabulary_not_the_file_bytes() {
         &serde_json::to_string(&json).unwrap(),
     );
     let res = eval_with(&rewritten, &examples, &feats, &dir.path().join("ok"));
-    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 
     // Another vocabulary: two tokens swap ids.
     let vocab = json["model"]["vocab"].as_object_mut().unwrap();
@@ -141,7 +145,10 @@ fn checks_the_tokenizer_vocabulary_not_the_file_bytes() {
     let res = eval_with(&other, &examples, &feats, &out);
     assert_eq!(res.status.code(), Some(1));
     let err = String::from_utf8_lossy(&res.stderr);
-    assert!(err.contains("another tokenizer vocabulary") && err.contains("tiny.eval.features.parquet"), "{err}");
+    assert!(
+        err.contains("another tokenizer vocabulary") && err.contains("tiny.eval.features.parquet"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -202,8 +209,15 @@ fn a_sharded_evaluation_merges_to_the_unsharded_one() {
             .args(files)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    assert_eq!(score(&shard_predictions), score(&[whole.join("predictions.json")]));
+    assert_eq!(
+        score(&shard_predictions),
+        score(&[whole.join("predictions.json")])
+    );
 }

@@ -233,7 +233,10 @@ pub fn make_features_file(
     md.insert(meta::MAX_LENGTH.into(), settings.max_length.to_string());
     md.insert(meta::STRIDE.into(), settings.stride.to_string());
     md.insert(meta::TOKENIZER_SHA256.into(), tok.sha256.clone());
-    md.insert(meta::TOKENIZER_VOCAB_SHA256.into(), tok.vocab_sha256.clone());
+    md.insert(
+        meta::TOKENIZER_VOCAB_SHA256.into(),
+        tok.vocab_sha256.clone(),
+    );
     md.insert(
         meta::EXAMPLES_SHA256.into(),
         squad_core::fsutil::sha256_file(examples_path)?,

@@ -5,10 +5,10 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qa_features::{make_features_file, parity, FeaturesError, QaTokenizer, Settings};
+use squad_core::exit::finish;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::sibling_path;
 use squad_core::PipelineConfig;
-use squad_core::exit::finish;
 
 /// Turn examples (from squad-ingest) into model features exactly as HF run_qa.py does:
 /// `[CLS] question [SEP] context-window [SEP]`, windows of --max-length tokens overlapping
@@ -109,12 +109,13 @@ fn run_build(args: BuildArgs) -> Result<ExitCode> {
     };
 
     let tok = QaTokenizer::load(&tokenizer_path)?;
-    let report =
-        make_features_file(&examples_path, &tok, settings, split, &output).map_err(|e| match e {
+    let report = make_features_file(&examples_path, &tok, settings, split, &output).map_err(
+        |e| match e {
             // These name their file already.
             FeaturesError::Core(_) | FeaturesError::Tokenizer(_) => anyhow::Error::new(e),
             other => anyhow::anyhow!("{}: {other}", examples_path.display()),
-        })?;
+        },
+    )?;
     config.save(&sibling_path(&output, "config.yaml"))?;
 
     for id in &report.skipped_questions {

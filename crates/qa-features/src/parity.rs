@@ -126,8 +126,14 @@ pub fn read_reference(reference: &Path, n: usize) -> squad_core::Result<Vec<Feat
         c.i32_lists("token_type_ids")?,
         c.i32_lists("attention_mask")?,
     );
-    let (example_ids, mapping) = (c.strings("example_id")?, c.i32s("overflow_to_sample_mapping")?);
-    let labels = c.i32s("start_positions").ok().zip(c.i32s("end_positions").ok());
+    let (example_ids, mapping) = (
+        c.strings("example_id")?,
+        c.i32s("overflow_to_sample_mapping")?,
+    );
+    let labels = c
+        .i32s("start_positions")
+        .ok()
+        .zip(c.i32s("end_positions").ok());
     Ok((0..n.min(ids.len()))
         .map(|i| {
             let len = mask[i].iter().filter(|&&m| m == 1).count();

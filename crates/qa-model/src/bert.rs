@@ -6,7 +6,9 @@ use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Embedding;
 
 use crate::config::BertConfig;
-use crate::nn::{additive_mask, maybe_dropout, softmax_last_dim_with, DropoutRng, LayerNorm, Linear};
+use crate::nn::{
+    additive_mask, maybe_dropout, softmax_last_dim_with, DropoutRng, LayerNorm, Linear,
+};
 use crate::params::Params;
 
 /// Inputs of one batch, padded to a common length: `input_ids`/`token_type_ids` u32
@@ -270,7 +272,9 @@ impl Layer {
         mut dropout: Option<&mut DropoutRng>,
         fused: bool,
     ) -> Result<Tensor> {
-        let attended = self.attention.forward(x, mask, dropout.as_deref_mut(), fused)?;
+        let attended = self
+            .attention
+            .forward(x, mask, dropout.as_deref_mut(), fused)?;
         let hidden = self.intermediate.forward(&attended)?.gelu_erf()?;
         let out = maybe_dropout(self.output.forward(&hidden)?, dropout, self.hidden_dropout)?;
         self.norm.forward_with(&(out + attended)?, fused)

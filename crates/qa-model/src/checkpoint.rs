@@ -42,7 +42,10 @@ pub fn device(name: &str) -> Result<Device> {
 pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
     Ok(squad_core::hub::resolve(
         name_or_path,
-        &[&["config.json"], &["model.safetensors", "pytorch_model.bin"]],
+        &[
+            &["config.json"],
+            &["model.safetensors", "pytorch_model.bin"],
+        ],
         &TOKENIZER_FILES,
     )?)
 }

@@ -203,7 +203,11 @@ impl Params {
                 .get(name)
                 .ok_or_else(|| weights(format!("unknown tensor {name}")))?;
             if var.dims() != t.dims() {
-                return Err(weights(format!("tensor {name} has shape {:?}, model {:?}", t.dims(), var.dims())));
+                return Err(weights(format!(
+                    "tensor {name} has shape {:?}, model {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
             }
             var.set(&t.to_dtype(DType::F32)?)?;
         }

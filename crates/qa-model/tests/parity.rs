@@ -99,8 +99,18 @@ fn eval_logits_match_transformers_within_1e_4() {
         tiny.iter().chain(&dev).map(Feature::len).collect();
     assert!(lens.len() > 20, "varying lengths");
     for fused in [true, false] {
-        let d1 = max_logit_diff(&model, &tiny, &fixture("tiny.train.logits.ref.parquet"), fused);
-        let d2 = max_logit_diff(&model, &dev, &fixture("dev32.eval.logits.ref.parquet"), fused);
+        let d1 = max_logit_diff(
+            &model,
+            &tiny,
+            &fixture("tiny.train.logits.ref.parquet"),
+            fused,
+        );
+        let d2 = max_logit_diff(
+            &model,
+            &dev,
+            &fixture("dev32.eval.logits.ref.parquet"),
+            fused,
+        );
         eprintln!("fused {fused}: max |logit diff|: tiny {d1:e}, dev {d2:e}");
         assert!(d1 < 1e-4 && d2 < 1e-4, "fused {fused}: tiny {d1}, dev {d2}");
     }

@@ -50,7 +50,9 @@ pub enum TrainError {
     Input { path: PathBuf, message: String },
     #[error("{}: cannot resume: {message}", path.display())]
     Resume { path: PathBuf, message: String },
-    #[error("{what} is {value} at step {step} (epoch {epoch}); stopped. Last good checkpoint: {last}")]
+    #[error(
+        "{what} is {value} at step {step} (epoch {epoch}); stopped. Last good checkpoint: {last}"
+    )]
     NonFinite {
         what: &'static str,
         value: f64,
@@ -149,11 +151,9 @@ impl Run<'_> {
             |tmp| {
                 state.write(tmp).map_err(to_model_error(tmp))?;
                 state::write_optimizer(optimizer, tmp).map_err(to_model_error(tmp))?;
-                std::fs::write(tmp.join(CONFIG_FILE), &yaml).map_err(|e| {
-                    qa_model::ModelError::Io {
-                        path: tmp.join(CONFIG_FILE),
-                        source: e,
-                    }
+                std::fs::write(tmp.join(CONFIG_FILE), &yaml).map_err(|e| qa_model::ModelError::Io {
+                    path: tmp.join(CONFIG_FILE),
+                    source: e,
                 })
             },
         )?;
@@ -225,8 +225,7 @@ fn prepare_output(opts: &TrainOptions) -> Result<(), TrainError> {
             }
         }
     }
-    std::fs::create_dir_all(out.join("checkpoints"))
-        .map_err(|e| squad_core::Error::io(out, e))?;
+    std::fs::create_dir_all(out.join("checkpoints")).map_err(|e| squad_core::Error::io(out, e))?;
     Ok(())
 }
 
@@ -238,7 +237,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     if split != FeatureSplit::Train {
         return Err(TrainError::Input {
             path: opts.features.clone(),
-            message: "eval features have no labels: make train features (qa-features --split train)".into(),
+            message:
+                "eval features have no labels: make train features (qa-features --split train)"
+                    .into(),
         });
     }
     if feats.is_empty() {
@@ -302,8 +303,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 path: path.clone(),
                 message: format!("expected a JSON list of feature indices: {e}"),
             })?;
-            order::replayed_batches(&order, feats.len(), tc.batch_size, 0)
-                .map_err(|message| TrainError::Input { path: path.clone(), message })?;
+            order::replayed_batches(&order, feats.len(), tc.batch_size, 0).map_err(|message| {
+                TrainError::Input {
+                    path: path.clone(),
+                    message,
+                }
+            })?;
             Some(order)
         }
         None => None,
@@ -313,7 +318,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let per_epoch = steps_per_epoch(batches_per_epoch, accumulation);
     let total_steps = tc.max_steps.unwrap_or(per_epoch * tc.epochs);
     let epochs = total_steps.div_ceil(per_epoch);
-    let schedule = LinearSchedule::new(tc.learning_rate, total_steps, tc.warmup_steps, tc.warmup_ratio);
+    let schedule = LinearSchedule::new(
+        tc.learning_rate,
+        total_steps,
+        tc.warmup_steps,
+        tc.warmup_ratio,
+    );
     let adam = AdamWConfig {
         beta1: tc.adam_beta1,
         beta2: tc.adam_beta2,
@@ -327,7 +337,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             if state.features_sha256 != features_sha256 {
                 return Err(TrainError::Resume {
                     path: dir.clone(),
-                    message: format!("was trained on other features than {}", opts.features.display()),
+                    message: format!(
+                        "was trained on other features than {}",
+                        opts.features.display()
+                    ),
                 });
             }
             let optimizer = state::read_optimizer(adam, *step as u64, dir)?;
@@ -397,12 +410,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     while run.state.epoch < epochs {
         let epoch = run.state.epoch;
         let batches = match &recorded_order {
-            Some(o) => order::replayed_batches(o, feats.len(), tc.batch_size, epoch)
-                .map_err(|message| TrainError::Input {
+            Some(o) => order::replayed_batches(o, feats.len(), tc.batch_size, epoch).map_err(
+                |message| TrainError::Input {
                     path: tc.data_order.clone().unwrap_or_default(),
                     message,
-                })?,
-            None => order::epoch_batches(&lengths, tc.batch_size, tc.seed, epoch, tc.group_by_length),
+                },
+            )?,
+            None => {
+                order::epoch_batches(&lengths, tc.batch_size, tc.seed, epoch, tc.group_by_length)
+            }
         };
         while run.state.batches_done < batches.len() && run.state.global_step < total_steps {
             let started = Instant::now();
@@ -414,7 +430,11 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             for indices in group {
                 let batch_feats: Vec<&Feature> = indices.iter().map(|&i| &feats[i]).collect();
                 let batch = make_batch(&batch_feats, pad_to, &device)?;
-                let rng = if dropout_on { Some(&mut run.dropout) } else { None };
+                let rng = if dropout_on {
+                    Some(&mut run.dropout)
+                } else {
+                    None
+                };
                 let (start, end) = run.model.forward(&batch, rng)?;
                 let (starts, ends) = labels(&batch_feats);
                 let (loss, _, _) = qa_loss(&start, &end, &starts, &ends)?;
@@ -436,7 +456,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                     None => grads = Some(g),
                     Some(acc) => {
                         for (name, add) in g {
-                            for (a, b) in acc.get_mut(&name).expect("same names").iter_mut().zip(add) {
+                            for (a, b) in
+                                acc.get_mut(&name).expect("same names").iter_mut().zip(add)
+                            {
                                 *a += b;
                             }
                         }
@@ -469,7 +491,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             s.train_seconds += seconds;
             let speed = step_features as f64 / seconds.max(1e-9);
             bar.set_position(s.global_step as u64);
-            bar.set_message(format!("loss {step_loss:.4}  lr {lr:.3e}  {speed:.2} features/s"));
+            bar.set_message(format!(
+                "loss {step_loss:.4}  lr {lr:.3e}  {speed:.2} features/s"
+            ));
             let step = s.global_step;
             let at_end = step == total_steps;
             if tc.logging_steps > 0 && (step % tc.logging_steps == 0 || at_end) {
@@ -498,10 +522,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             if finished {
                 run.state.epoch = epochs - 1;
             }
-            let already_saved = run
-                .last_checkpoint
-                .as_ref()
-                .is_some_and(|d| d.ends_with(format!("{CHECKPOINT_PREFIX}{}", run.state.global_step)));
+            let already_saved = run.last_checkpoint.as_ref().is_some_and(|d| {
+                d.ends_with(format!("{CHECKPOINT_PREFIX}{}", run.state.global_step))
+            });
             if !already_saved {
                 run.save_checkpoint()?;
             }
@@ -518,7 +541,10 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 let report = write_outputs(
                     &evaluation,
                     set,
-                    &opts.output.join("eval").join(format!("epoch-{}", epoch + 1)),
+                    &opts
+                        .output
+                        .join("eval")
+                        .join(format!("epoch-{}", epoch + 1)),
                 )?;
                 bar.suspend(|| {
                     eprintln!(
@@ -576,12 +602,15 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             })
         },
     )?;
-    if let Err(e) = plot::training_curve(&run.log.records, &opts.output.join("training_curve.svg")) {
+    if let Err(e) = plot::training_curve(&run.log.records, &opts.output.join("training_curve.svg"))
+    {
         eprintln!("qa-train: warning: no training curve: {e}");
     }
     squad_core::fsutil::write_atomic_bytes(
         &opts.output.join("train_summary.json"),
-        serde_json::to_string_pretty(&summary).expect("json").as_bytes(),
+        serde_json::to_string_pretty(&summary)
+            .expect("json")
+            .as_bytes(),
     )?;
     Ok(summary)
 }

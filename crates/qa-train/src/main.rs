@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use qa_train::{train, EvalData, TrainOptions};
-use squad_core::PipelineConfig;
 use squad_core::exit::finish;
+use squad_core::PipelineConfig;
 
 /// Fine-tune a BERT checkpoint for extractive QA with HF Trainer semantics. Writes
 /// checkpoints (resumable with --resume), the final model (OUTPUT/model), metrics.jsonl and
@@ -135,10 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         features: cli.features,
         random_init: cli.random_init,
         output: cli.output,
-        eval: cli.eval_features.zip(cli.eval_examples).map(|(features, examples)| EvalData {
-            features,
-            examples,
-        }),
+        eval: cli
+            .eval_features
+            .zip(cli.eval_examples)
+            .map(|(features, examples)| EvalData { features, examples }),
         resume: cli.resume,
         overwrite: cli.overwrite,
         progress: !cli.quiet,

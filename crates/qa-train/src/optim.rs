@@ -67,13 +67,10 @@ impl AdamW {
                 .get(name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
             let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-            let moments = self
-                .moments
-                .entry(name.clone())
-                .or_insert_with(|| Moments {
-                    m: vec![0.0; p.len()],
-                    v: vec![0.0; p.len()],
-                });
+            let moments = self.moments.entry(name.clone()).or_insert_with(|| Moments {
+                m: vec![0.0; p.len()],
+                v: vec![0.0; p.len()],
+            });
             let decay = if decays(name) {
                 (1.0 - lr * c.weight_decay) as f32
             } else {
@@ -193,7 +190,10 @@ mod tests {
     fn first_adamw_step_moves_by_lr_times_sign_and_decays_only_weights() {
         let dev = Device::Cpu;
         let params = BTreeMap::from([
-            ("x.weight".to_string(), Var::new(&[1.0f32, -1.0, 0.5], &dev).unwrap()),
+            (
+                "x.weight".to_string(),
+                Var::new(&[1.0f32, -1.0, 0.5], &dev).unwrap(),
+            ),
             ("x.bias".to_string(), Var::new(&[1.0f32], &dev).unwrap()),
         ]);
         let grads = BTreeMap::from([

@@ -35,7 +35,12 @@ pub fn epoch_batches(
     let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
     if group_by_length {
         let longest = (0..batches.len())
-            .max_by_key(|&b| (batches[b].iter().map(|&i| lengths[i]).max(), std::cmp::Reverse(b)))
+            .max_by_key(|&b| {
+                (
+                    batches[b].iter().map(|&i| lengths[i]).max(),
+                    std::cmp::Reverse(b),
+                )
+            })
             .unwrap_or(0);
         batches.swap(0, longest);
     }
@@ -61,10 +66,16 @@ pub fn replayed_batches(
     let mut seen = vec![false; n];
     for &i in chunk {
         if i >= n || std::mem::replace(&mut seen[i], true) {
-            return Err(format!("epoch {} is not a permutation of 0..{n} (index {i})", epoch % epochs));
+            return Err(format!(
+                "epoch {} is not a permutation of 0..{n} (index {i})",
+                epoch % epochs
+            ));
         }
     }
-    Ok(chunk.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect())
+    Ok(chunk
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect())
 }
 
 #[cfg(test)]
@@ -79,19 +90,40 @@ mod tests {
         let mut all: Vec<usize> = a.concat();
         all.sort();
         assert_eq!(all, (0..21).collect::<Vec<_>>());
-        assert_eq!(a, epoch_batches(&lengths, 8, 42, 0, false), "same seed, same order");
-        assert_ne!(a, epoch_batches(&lengths, 8, 42, 1, false), "new order per epoch");
+        assert_eq!(
+            a,
+            epoch_batches(&lengths, 8, 42, 0, false),
+            "same seed, same order"
+        );
+        assert_ne!(
+            a,
+            epoch_batches(&lengths, 8, 42, 1, false),
+            "new order per epoch"
+        );
         assert_ne!(a, epoch_batches(&lengths, 8, 7, 0, false));
     }
 
     #[test]
     fn replays_a_recorded_order_and_rejects_bad_ones() {
         let order = [2, 0, 1, 1, 2, 0];
-        assert_eq!(replayed_batches(&order, 3, 2, 0).unwrap(), vec![vec![2, 0], vec![1]]);
-        assert_eq!(replayed_batches(&order, 3, 2, 1).unwrap(), vec![vec![1, 2], vec![0]]);
-        assert_eq!(replayed_batches(&order, 3, 2, 2).unwrap(), vec![vec![2, 0], vec![1]]);
-        assert!(replayed_batches(&[0, 0, 1], 3, 2, 0).unwrap_err().contains("permutation"));
-        assert!(replayed_batches(&[0, 1], 3, 2, 0).unwrap_err().contains("whole number"));
+        assert_eq!(
+            replayed_batches(&order, 3, 2, 0).unwrap(),
+            vec![vec![2, 0], vec![1]]
+        );
+        assert_eq!(
+            replayed_batches(&order, 3, 2, 1).unwrap(),
+            vec![vec![1, 2], vec![0]]
+        );
+        assert_eq!(
+            replayed_batches(&order, 3, 2, 2).unwrap(),
+            vec![vec![2, 0], vec![1]]
+        );
+        assert!(replayed_batches(&[0, 0, 1], 3, 2, 0)
+            .unwrap_err()
+            .contains("permutation"));
+        assert!(replayed_batches(&[0, 1], 3, 2, 0)
+            .unwrap_err()
+            .contains("whole number"));
     }
 
     #[test]
@@ -109,6 +141,9 @@ mod tests {
             .iter()
             .map(|b| b.iter().map(|&i| max_len(b) - lengths[i]).sum::<usize>())
             .sum();
-        assert!(padding * 4 < random_padding, "{padding} vs {random_padding}");
+        assert!(
+            padding * 4 < random_padding,
+            "{padding} vs {random_padding}"
+        );
     }
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::{Map, Value};
 
-fn series(records: &[Map<String, Value>], pick: impl Fn(&Map<String, Value>) -> Option<f64>) -> Vec<(f64, f64)> {
+fn series(
+    records: &[Map<String, Value>],
+    pick: impl Fn(&Map<String, Value>) -> Option<f64>,
+) -> Vec<(f64, f64)> {
     records
         .iter()
         .filter_map(|r| Some((r.get("step")?.as_f64()?, pick(r)?)))
@@ -27,9 +30,7 @@ pub fn training_curve(records: &[Map<String, Value>], path: &Path) -> Result<boo
     if loss.is_empty() {
         return Ok(false);
     }
-    let metric = |key: &'static str| {
-        series(records, move |r| r.get("eval")?.get(key)?.as_f64())
-    };
+    let metric = |key: &'static str| series(records, move |r| r.get("eval")?.get(key)?.as_f64());
     let (em, f1) = (metric("exact_match"), metric("f1"));
     let last_step = loss.iter().map(|p| p.0).fold(1.0, f64::max);
     let mut svg = String::new();

@@ -81,8 +81,14 @@ pub fn write_optimizer(opt: &AdamW, dir: &Path) -> Result<(), TrainError> {
     let mut tensors = HashMap::new();
     for (name, m) in &opt.moments {
         let n = m.m.len();
-        tensors.insert(format!("exp_avg.{name}"), Tensor::from_slice(&m.m, n, &Device::Cpu)?);
-        tensors.insert(format!("exp_avg_sq.{name}"), Tensor::from_slice(&m.v, n, &Device::Cpu)?);
+        tensors.insert(
+            format!("exp_avg.{name}"),
+            Tensor::from_slice(&m.m, n, &Device::Cpu)?,
+        );
+        tensors.insert(
+            format!("exp_avg_sq.{name}"),
+            Tensor::from_slice(&m.v, n, &Device::Cpu)?,
+        );
     }
     let path = dir.join(OPTIMIZER_FILE);
     candle_core::safetensors::save(&tensors, &path)?;
@@ -91,12 +97,11 @@ pub fn write_optimizer(opt: &AdamW, dir: &Path) -> Result<(), TrainError> {
 
 pub fn read_optimizer(config: AdamWConfig, steps: u64, dir: &Path) -> Result<AdamW, TrainError> {
     let path = dir.join(OPTIMIZER_FILE);
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| {
-        TrainError::Resume {
+    let tensors =
+        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| TrainError::Resume {
             path: path.clone(),
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let mut moments: BTreeMap<String, Moments> = BTreeMap::new();
     for (key, t) in tensors {
         let values: Vec<f32> = t.to_vec1()?;

@@ -26,7 +26,10 @@ struct Inputs {
 
 fn inputs(dir: &Path) -> Inputs {
     let tokenizer_dir = root().join("data/models/all-MiniLM-L6-v2");
-    assert!(tokenizer_dir.join("tokenizer.json").exists(), "run `make model`");
+    assert!(
+        tokenizer_dir.join("tokenizer.json").exists(),
+        "run `make model`"
+    );
     let json = root().join("crates/qa-features/tests/fixtures/tiny.json");
     let ingested = read_squad(&json, &IngestOptions::default()).unwrap();
     let examples = dir.join("tiny.examples.parquet");
@@ -36,7 +39,10 @@ fn inputs(dir: &Path) -> Inputs {
         max_length: 384,
         stride: 128,
     };
-    let (train, eval) = (dir.join("tiny.train.parquet"), dir.join("tiny.eval.parquet"));
+    let (train, eval) = (
+        dir.join("tiny.train.parquet"),
+        dir.join("tiny.eval.parquet"),
+    );
     make_features_file(&examples, &tok, settings, FeatureSplit::Train, &train).unwrap();
     make_features_file(&examples, &tok, settings, FeatureSplit::Eval, &eval).unwrap();
     // A small BERT (2 layers, hidden 32) with MiniLM's vocab, initialised by --random-init.
@@ -66,7 +72,15 @@ fn train_cmd(i: &Inputs, out: &Path, extra: &[&str]) -> Command {
         .arg("--random-init")
         .arg("--output")
         .arg(out)
-        .args(["--batch-size", "2", "--logging-steps", "1", "--threads", "2", "--quiet"])
+        .args([
+            "--batch-size",
+            "2",
+            "--logging-steps",
+            "1",
+            "--threads",
+            "2",
+            "--quiet",
+        ])
         .args(extra);
     for (flag, default) in [("--learning-rate", "1e-3"), ("--save-steps", "3")] {
         if !extra.contains(&flag) {
@@ -116,8 +130,14 @@ fn killed_run_resumes_to_the_same_model_bit_for_bit() {
     // Kill -9 once a few checkpoints exist, wherever the run is then.
     let started = Instant::now();
     while !killed.join("checkpoints/checkpoint-12").exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint-12");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint-12"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
@@ -129,7 +149,10 @@ fn killed_run_resumes_to_the_same_model_bit_for_bit() {
     let resumed_from = summary["resumed_from_step"].as_u64().unwrap();
     assert!(resumed_from >= 12 && resumed_from % 3 == 0, "{summary}");
     let got = std::fs::read(killed.join("model/model.safetensors")).unwrap();
-    assert!(got == expected, "resumed model differs from the uninterrupted run's");
+    assert!(
+        got == expected,
+        "resumed model differs from the uninterrupted run's"
+    );
     assert_eq!(
         steps_logged(&killed),
         (1..=27).collect::<Vec<_>>(),
@@ -147,8 +170,15 @@ fn evaluates_each_epoch_and_writes_the_run_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let i = inputs(tmp.path());
     let run = tmp.path().join("run");
-    let mut c = train_cmd(&i, &run, &["--epochs", "2", "--gradient-accumulation-steps", "2"]);
-    c.arg("--eval-features").arg(&i.eval).arg("--eval-examples").arg(&i.examples);
+    let mut c = train_cmd(
+        &i,
+        &run,
+        &["--epochs", "2", "--gradient-accumulation-steps", "2"],
+    );
+    c.arg("--eval-features")
+        .arg(&i.eval)
+        .arg("--eval-examples")
+        .arg(&i.examples);
     run_ok(c);
     // 9 batches per epoch, 2 per step: 5 steps per epoch (the last with one batch).
     assert_eq!(steps_logged(&run), (1..=10).collect::<Vec<_>>());
@@ -174,7 +204,10 @@ fn evaluates_each_epoch_and_writes_the_run_directory() {
         assert!(run.join(f).exists(), "{f} missing");
     }
     let svg = std::fs::read_to_string(run.join("training_curve.svg")).unwrap();
-    assert!(svg.contains("<svg") && svg.contains("polyline"), "a drawn curve");
+    assert!(
+        svg.contains("<svg") && svg.contains("polyline"),
+        "a drawn curve"
+    );
     let predictions: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&std::fs::read(run.join("eval/epoch-2/predictions.json")).unwrap())
             .unwrap();
@@ -184,7 +217,10 @@ fn evaluates_each_epoch_and_writes_the_run_directory() {
     let out = train_cmd(&i, &run, &[]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,16 +269,33 @@ fn a_diverging_run_stops_with_an_error_and_keeps_its_last_good_checkpoint() {
     let i = inputs(tmp.path());
     let run = tmp.path().join("run");
     // AdamW moves every weight by about lr per step: at 1e30 the activations overflow.
-    let out = train_cmd(&i, &run, &["--learning-rate", "1e30", "--save-steps", "1", "--max-grad-norm", "0"])
-        .output()
-        .unwrap();
+    let out = train_cmd(
+        &i,
+        &run,
+        &[
+            "--learning-rate",
+            "1e30",
+            "--save-steps",
+            "1",
+            "--max-grad-norm",
+            "0",
+        ],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         (err.contains("loss is") || err.contains("gradient norm is")) && err.contains("stopped"),
         "{err}"
     );
-    assert!(err.contains("checkpoint-"), "names the last good checkpoint: {err}");
+    assert!(
+        err.contains("checkpoint-"),
+        "names the last good checkpoint: {err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(!run.join("model").exists(), "no final model from a diverged run");
+    assert!(
+        !run.join("model").exists(),
+        "no final model from a diverged run"
+    );
 }

@@ -57,8 +57,8 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
     )
     .unwrap();
     let batch: Vec<&Feature> = feats.iter().collect();
-    let reference_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/adamw2.ref.safetensors");
+    let reference_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adamw2.ref.safetensors");
     let reference = candle_core::safetensors::load(&reference_path, &Device::Cpu).unwrap();
     let info: serde_json::Value = {
         let bytes = std::fs::read(&reference_path).unwrap();
@@ -73,8 +73,14 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
             single_step(&model, &ck.params, &mut opt, &batch, Some(384), lr, 1.0).unwrap();
         let want_loss = info["losses"][step - 1].as_f64().unwrap();
         let want_norm = info["grad_norms"][step - 1].as_f64().unwrap();
-        assert!((loss - want_loss).abs() / want_loss < 1e-4, "step {step}: loss {loss} vs {want_loss}");
-        assert!((norm - want_norm).abs() / want_norm < 1e-4, "step {step}: grad norm {norm} vs {want_norm}");
+        assert!(
+            (loss - want_loss).abs() / want_loss < 1e-4,
+            "step {step}: loss {loss} vs {want_loss}"
+        );
+        assert!(
+            (norm - want_norm).abs() / want_norm < 1e-4,
+            "step {step}: grad norm {norm} vs {want_norm}"
+        );
 
         if step == 1 {
             // Every trainable tensor changed (LayerNorm weights included: the fused candle-nn
@@ -88,7 +94,10 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
                 })
                 .map(|(n, _)| n)
                 .collect();
-            assert!(unchanged.is_empty(), "tensors that did not move: {unchanged:?}");
+            assert!(
+                unchanged.is_empty(),
+                "tensors that did not move: {unchanged:?}"
+            );
             assert_eq!(before.len(), 103, "all of BertForQuestionAnswering");
         }
 
@@ -113,9 +122,17 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
             }
             compared += idx.len();
         }
-        eprintln!("step {step}: {compared} weights compared, max |diff| {:e} ({})", worst.0, worst.1);
+        eprintln!(
+            "step {step}: {compared} weights compared, max |diff| {:e} ({})",
+            worst.0, worst.1
+        );
         assert!(compared > 90_000);
-        assert!(worst.0 < 1e-5, "step {step}: {} differs by {}", worst.1, worst.0);
+        assert!(
+            worst.0 < 1e-5,
+            "step {step}: {} differs by {}",
+            worst.1,
+            worst.0
+        );
     }
     assert!(decays("bert.encoder.layer.0.attention.self.query.weight"));
 }

@@ -43,7 +43,11 @@ pub fn resolve(name_or_path: &str, required: &[&[&str]], optional: &[&str]) -> R
     let api = hf_hub::api::sync::ApiBuilder::new()
         .with_progress(false)
         .build()
-        .map_err(|e| err(format!("cannot use the Hugging Face hub ({e}); {OFFLINE_HINT}")))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot use the Hugging Face hub ({e}); {OFFLINE_HINT}"
+            ))
+        })?;
     let repo = api.model(name_or_path.to_string());
     let mut snapshot = None;
     for group in required {

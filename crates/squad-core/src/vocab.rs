@@ -27,10 +27,12 @@ pub fn vocab_sha256(file: &Path) -> Result<String> {
             path: file.into(),
             message: e.to_string(),
         })?;
-        let vocab = json["model"]["vocab"].as_object().ok_or_else(|| Error::Config {
-            path: file.into(),
-            message: "no model.vocab map (not a WordPiece tokenizer)".into(),
-        })?;
+        let vocab = json["model"]["vocab"]
+            .as_object()
+            .ok_or_else(|| Error::Config {
+                path: file.into(),
+                message: "no model.vocab map (not a WordPiece tokenizer)".into(),
+            })?;
         let mut by_id: Vec<(u64, &String)> = vocab
             .iter()
             .map(|(token, id)| (id.as_u64().unwrap_or(u64::MAX), token))

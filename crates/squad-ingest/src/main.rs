@@ -5,10 +5,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use squad_core::config::{ArticleRange, Split};
+use squad_core::exit::finish;
 use squad_core::fsutil::sibling_path;
 use squad_core::PipelineConfig;
 use squad_ingest::{read_squad, stats, write_outputs, IngestOptions, Selection, Shard};
-use squad_core::exit::finish;
 
 /// Read a SQuAD v1.1/v2.0 file (.json or .json.gz), validate it and write one Parquet row per
 /// question, with a stats JSON and the resolved config beside it.
