@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde_json::{Map, Value};
 
@@ -24,6 +25,30 @@ fn range(points: &[(f64, f64)]) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One titled panel over optimizer steps `0..last_step`, with its grid drawn.
+fn panel<'a>(
+    area: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    caption: &str,
+    last_step: f64,
+    y: std::ops::Range<f64>,
+) -> Result<Chart<'a>, String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..last_step, y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
 /// Writes the plot to `path` (atomically). Nothing to plot: no file.
 pub fn training_curve(records: &[Map<String, Value>], path: &Path) -> Result<bool, String> {
     let loss = series(records, |r| r.get("loss")?.as_f64());
@@ -39,34 +64,12 @@ pub fn training_curve(records: &[Map<String, Value>], path: &Path) -> Result<boo
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let panels = root.split_evenly((1, if f1.is_empty() { 1 } else { 2 }));
         let (lo, hi) = range(&loss);
-        let mut chart = ChartBuilder::on(&panels[0])
-            .caption("training loss", ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(35)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..last_step, lo..hi)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("optimizer step")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        let mut chart = panel(&panels[0], "training loss", last_step, lo..hi)?;
         chart
             .draw_series(LineSeries::new(loss, &BLUE))
             .map_err(|e| e.to_string())?;
         if !f1.is_empty() {
-            let mut chart = ChartBuilder::on(&panels[1])
-                .caption("eval EM / F1", ("sans-serif", 18))
-                .margin(12)
-                .x_label_area_size(35)
-                .y_label_area_size(50)
-                .build_cartesian_2d(0f64..last_step, 0f64..100f64)
-                .map_err(|e| e.to_string())?;
-            chart
-                .configure_mesh()
-                .x_desc("optimizer step")
-                .draw()
-                .map_err(|e| e.to_string())?;
+            let mut chart = panel(&panels[1], "eval EM / F1", last_step, 0f64..100f64)?;
             for (points, color, name) in [(em, &RED, "EM"), (f1, &GREEN, "F1")] {
                 chart
                     .draw_series(LineSeries::new(points.clone(), color))
