@@ -13,6 +13,7 @@ use squad_core::fsutil::{sha256_file, write_atomic_bytes};
 use squad_core::metric::{evaluate_v1, evaluate_v2, Gold};
 use squad_core::parquet_io::{write_parquet, Metadata};
 use squad_core::postprocess::{postprocess, PostprocessConfig, Predictions};
+use squad_core::shard::Shard;
 use squad_core::vocab::{tokenizer_file, vocab_sha256};
 use squad_core::{Example, Feature};
 
@@ -35,6 +36,8 @@ pub struct EvalInputs<'a> {
     pub batch_size: usize,
     pub postprocess: PostprocessConfig,
     pub progress: bool,
+    /// Evaluate only the examples whose position mod N == I (and their features).
+    pub shard: Option<Shard>,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,8 +121,14 @@ pub struct EvalSet {
 }
 
 impl EvalSet {
-    pub fn load(features_path: &Path, examples_path: &Path) -> Result<Self, EvalError> {
-        let (feats, split, meta) = features::read(features_path)?;
+    /// Loads features and examples; with a `shard` (asked for, or recorded in the features
+    /// by `qa-features --shard`) only that shard's examples and features.
+    pub fn load(
+        features_path: &Path,
+        examples_path: &Path,
+        shard: Option<Shard>,
+    ) -> Result<Self, EvalError> {
+        let (mut feats, split, meta) = features::read(features_path)?;
         if split != FeatureSplit::Eval {
             return Err(EvalError::Input {
                 path: features_path.into(),
@@ -128,7 +137,7 @@ impl EvalSet {
                         .into(),
             });
         }
-        let (examples, examples_meta) = squad_core::examples::read(examples_path)?;
+        let (mut examples, examples_meta) = squad_core::examples::read(examples_path)?;
         let squad_v2 = examples_meta
             .get(squad_core::examples::meta::SQUAD_VERSION)
             .is_some_and(|v| v == "2.0");
@@ -144,6 +153,29 @@ impl EvalSet {
                     examples_path.display()
                 ),
             });
+        }
+        let input_error = |message: String| EvalError::Input {
+            path: features_path.into(),
+            message,
+        };
+        let features_shard = (meta.get(features::meta::SHARD))
+            .map(|s| s.parse::<Shard>())
+            .transpose()
+            .map_err(input_error)?;
+        let shard = match (features_shard, shard) {
+            (Some(made), Some(asked)) if made != asked => {
+                return Err(input_error(format!(
+                    "holds shard {made} of the examples, not {asked}"
+                )))
+            }
+            (made, asked) => made.or(asked),
+        };
+        if let Some(s) = shard {
+            examples = s.select(examples);
+            feats.retain(|f| s.contains(f.example_index as usize));
+            for f in &mut feats {
+                f.example_index = s.local(f.example_index as usize) as u32;
+            }
         }
         Ok(EvalSet {
             features_path: features_path.into(),
@@ -258,7 +290,7 @@ pub fn write_outputs(
 
 /// Loads the checkpoint and the eval set, evaluates, and writes the outputs into `output`.
 pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalError> {
-    let set = EvalSet::load(inputs.features, inputs.examples)?;
+    let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
     let ck = Checkpoint::load(inputs.model, 0, &Device::Cpu)?;
     set.check_tokenizer(&ck.dir)?;
     let evaluation = evaluate_model(

@@ -6,6 +6,7 @@ use qa_eval::evaluate::{evaluate, EvalInputs};
 use qa_eval::{score, ScoreOptions, Version};
 use squad_core::exit::finish;
 use squad_core::postprocess::PostprocessConfig;
+use squad_core::shard::Shard;
 use squad_core::PipelineConfig;
 
 /// Evaluate a QA checkpoint on eval features: batched forward, HF post-processing, and the
@@ -50,6 +51,10 @@ struct EvalArgs {
     v2: bool,
     #[arg(long)]
     null_score_diff_threshold: Option<f64>,
+    /// Evaluate only the examples whose position mod N == I (e.g. 0/4) and their features;
+    /// merge the shards' predictions with `qa-eval score`.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -150,6 +155,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             null_score_diff_threshold: e.null_score_diff_threshold,
         },
         progress: !args.quiet,
+        shard: args.shard,
     };
     let report = evaluate(&inputs, &output)?;
     config.save(&output.join("config.yaml"))?;

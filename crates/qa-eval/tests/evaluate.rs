@@ -32,7 +32,7 @@ fn inputs(dir: &Path, split: FeatureSplit) -> (PathBuf, PathBuf) {
         stride: 128,
     };
     let path = dir.join(format!("tiny.{}.features.parquet", split.as_str()));
-    make_features_file(&examples, &tok, settings, split, &path).unwrap();
+    make_features_file(&examples, &tok, settings, split, None, &path).unwrap();
     (examples, path)
 }
 
@@ -41,6 +41,16 @@ fn eval(examples: &Path, feats: &Path, out: &Path) -> std::process::Output {
 }
 
 fn eval_with(model: &Path, examples: &Path, feats: &Path, out: &Path) -> std::process::Output {
+    eval_args(model, examples, feats, out, &[])
+}
+
+fn eval_args(
+    model: &Path,
+    examples: &Path,
+    feats: &Path,
+    out: &Path,
+    extra: &[String],
+) -> std::process::Output {
     Command::new(BIN)
         .arg("--model")
         .arg(model)
@@ -51,6 +61,7 @@ fn eval_with(model: &Path, examples: &Path, feats: &Path, out: &Path) -> std::pr
         .arg("--output")
         .arg(out)
         .arg("--quiet")
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -152,52 +163,109 @@ fn checks_the_tokenizer_vocabulary_not_the_file_bytes() {
     assert!(!out.exists());
 }
 
-/// Examples and eval features of one shard (`None`: all) of a SQuAD file.
-fn shard_inputs(dir: &Path, json: &Path, shard: Option<Shard>) -> (PathBuf, PathBuf) {
-    let name = shard.map_or("all".to_string(), |s| format!("shard{}", s.index));
+/// Examples and eval features of a SQuAD file, cut to a shard at ingest (`ingest_shard`)
+/// and/or when making features (`features_shard`).
+fn shard_inputs(
+    dir: &Path,
+    json: &Path,
+    ingest_shard: Option<Shard>,
+    features_shard: Option<Shard>,
+) -> (PathBuf, PathBuf) {
+    let name = |s: Option<Shard>| s.map_or("all".to_string(), |s| format!("shard{}", s.index));
     let options = IngestOptions {
         selection: Selection {
-            shard,
+            shard: ingest_shard,
             ..Selection::default()
         },
         ..IngestOptions::default()
     };
     let ingested = read_squad(json, &options).unwrap();
-    let examples = dir.join(format!("{name}.examples.parquet"));
+    let examples = dir.join(format!("{}.examples.parquet", name(ingest_shard)));
     write_outputs(&examples, &ingested, &options.selection).unwrap();
-    let feats = dir.join(format!("{name}.features.parquet"));
+    let feats = dir.join(format!(
+        "{}-{}.features.parquet",
+        name(ingest_shard),
+        name(features_shard)
+    ));
     let tok = QaTokenizer::load(&model()).unwrap();
     let settings = Settings {
         max_length: 384,
         stride: 128,
     };
-    make_features_file(&examples, &tok, settings, FeatureSplit::Eval, &feats).unwrap();
+    make_features_file(
+        &examples,
+        &tok,
+        settings,
+        FeatureSplit::Eval,
+        features_shard,
+        &feats,
+    )
+    .unwrap();
     (examples, feats)
+}
+
+fn read_json(p: PathBuf) -> serde_json::Map<String, serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
 #[test]
 fn a_sharded_evaluation_merges_to_the_unsharded_one() {
     let dir = tempfile::tempdir().unwrap();
     let json = root().join("crates/qa-features/tests/fixtures/tiny_v2.json");
-    let read = |p: PathBuf| -> serde_json::Map<String, serde_json::Value> {
-        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-    };
-    let (examples, feats) = shard_inputs(dir.path(), &json, None);
+    let (examples, feats) = shard_inputs(dir.path(), &json, None, None);
     let whole = dir.path().join("eval-all");
     assert!(eval(&examples, &feats, &whole).status.success());
+    let whole_predictions = read_json(whole.join("predictions.json"));
     let mut merged = serde_json::Map::new();
     let mut shard_predictions = vec![];
     for index in 0..2 {
         let shard = Shard { index, count: 2 };
-        let (examples, feats) = shard_inputs(dir.path(), &json, Some(shard));
-        let out = dir.path().join(format!("eval-{index}"));
-        assert!(eval(&examples, &feats, &out).status.success());
-        let preds = read(out.join("predictions.json"));
+        let arg = ["--shard".to_string(), shard.to_string()];
+        // The same shard cut at each stage: squad-ingest --shard, qa-features --shard,
+        // qa-eval --shard (over the whole features file).
+        let (ingest_examples, ingest_feats) = shard_inputs(dir.path(), &json, Some(shard), None);
+        let (_, features_feats) = shard_inputs(dir.path(), &json, None, Some(shard));
+        let runs = [
+            (&ingest_examples, &ingest_feats, &[][..]),
+            (&examples, &features_feats, &[][..]),
+            (&examples, &feats, &arg[..]),
+            (&examples, &features_feats, &arg[..]),
+        ];
+        let mut per_stage = vec![];
+        for (k, (ex, fe, extra)) in runs.into_iter().enumerate() {
+            let out = dir.path().join(format!("eval-{index}-{k}"));
+            let res = eval_args(&model(), ex, fe, &out, extra);
+            let stderr = String::from_utf8_lossy(&res.stderr);
+            assert!(res.status.success(), "run {k}: {stderr}");
+            per_stage.push(read_json(out.join("predictions.json")));
+            if k == 0 {
+                shard_predictions.push(out.join("predictions.json"));
+            }
+        }
+        let preds = &per_stage[0];
         assert!(!preds.is_empty() && preds.len() < 14);
-        merged.extend(preds);
-        shard_predictions.push(out.join("predictions.json"));
+        for (k, other) in per_stage.iter().enumerate() {
+            assert_eq!(other, preds, "shard {shard} cut at stage {k}");
+        }
+        merged.extend(preds.clone());
+
+        // Features of one shard refuse to be evaluated as another.
+        let other = Shard {
+            index: 1 - index,
+            count: 2,
+        };
+        let mismatch = dir.path().join("mismatch");
+        let other_arg = ["--shard".to_string(), other.to_string()];
+        let res = eval_args(&model(), &examples, &features_feats, &mismatch, &other_arg);
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("holds shard {shard} of the examples, not {other}")),
+            "{stderr}"
+        );
+        assert!(!mismatch.exists());
     }
-    assert_eq!(merged, read(whole.join("predictions.json")), "same answers");
+    assert_eq!(merged, whole_predictions, "same answers");
 
     // The documented merge: `qa-eval score` over the shards' files equals scoring the whole.
     let score = |files: &[PathBuf]| -> serde_json::Value {

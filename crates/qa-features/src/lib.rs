@@ -15,6 +15,7 @@ pub mod windows;
 
 use rayon::prelude::*;
 use squad_core::features::FeatureSplit;
+use squad_core::shard::Shard;
 use squad_core::{Example, Feature};
 
 pub use tokenizer::{QaTokenizer, Tokens};
@@ -216,20 +217,32 @@ pub fn build_features(
     Ok((features, report))
 }
 
-/// Reads an examples file, builds its features and writes them (atomically) to `output`
-/// with the metadata later stages check: settings, tokenizer and examples sha256, the
-/// source's sha256, and the report's counts.
+/// Reads an examples file, builds the features of all its examples or of one `shard` of
+/// them, and writes them (atomically) to `output` with the metadata later stages check:
+/// settings, tokenizer and examples sha256, the source's sha256, the shard, and the report's
+/// counts. A shard's features keep `example_index` as positions in the whole file, so they
+/// are evaluated against the same examples file.
 pub fn make_features_file(
     examples_path: &std::path::Path,
     tok: &QaTokenizer,
     settings: Settings,
     split: FeatureSplit,
+    shard: Option<Shard>,
     output: &std::path::Path,
 ) -> Result<Report, FeaturesError> {
     use squad_core::features::{self, meta};
-    let (examples, examples_meta) = squad_core::examples::read(examples_path)?;
-    let (feats, report) = build_features(tok, &examples, settings, split)?;
+    let (mut examples, examples_meta) = squad_core::examples::read(examples_path)?;
+    if let Some(s) = shard {
+        examples = s.select(examples);
+    }
+    let (mut feats, report) = build_features(tok, &examples, settings, split)?;
     let mut md = squad_core::parquet_io::Metadata::new();
+    if let Some(s) = shard {
+        for f in &mut feats {
+            f.example_index = s.global(f.example_index as usize) as u32;
+        }
+        md.insert(meta::SHARD.into(), s.to_string());
+    }
     md.insert(meta::MAX_LENGTH.into(), settings.max_length.to_string());
     md.insert(meta::STRIDE.into(), settings.stride.to_string());
     md.insert(meta::TOKENIZER_SHA256.into(), tok.sha256.clone());

@@ -8,6 +8,7 @@ use qa_features::{make_features_file, parity, FeaturesError, QaTokenizer, Settin
 use squad_core::exit::finish;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::sibling_path;
+use squad_core::shard::Shard;
 use squad_core::PipelineConfig;
 
 /// Turn examples (from squad-ingest) into model features exactly as HF run_qa.py does:
@@ -57,6 +58,10 @@ struct BuildArgs {
     /// Tokens shared by consecutive windows (default 128, or the config's).
     #[arg(long)]
     stride: Option<usize>,
+    /// Only the examples whose position mod N == I (e.g. 0/4); `example_index` keeps
+    /// counting in the whole examples file, so qa-eval takes the same examples file.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,13 +114,12 @@ fn run_build(args: BuildArgs) -> Result<ExitCode> {
     };
 
     let tok = QaTokenizer::load(&tokenizer_path)?;
-    let report = make_features_file(&examples_path, &tok, settings, split, &output).map_err(
-        |e| match e {
+    let report = make_features_file(&examples_path, &tok, settings, split, args.shard, &output)
+        .map_err(|e| match e {
             // These name their file already.
             FeaturesError::Core(_) | FeaturesError::Tokenizer(_) => anyhow::Error::new(e),
             other => anyhow::anyhow!("{}: {other}", examples_path.display()),
-        },
-    )?;
+        })?;
     config.save(&sibling_path(&output, "config.yaml"))?;
 
     for id in &report.skipped_questions {
@@ -137,8 +141,11 @@ fn run_build(args: BuildArgs) -> Result<ExitCode> {
         ),
         FeatureSplit::Eval => String::new(),
     };
+    let shard = args
+        .shard
+        .map_or(String::new(), |s| format!(" (shard {s})"));
     eprintln!(
-        "qa-features: {} examples -> {} {} features{labels} -> {} in {:.2}s",
+        "qa-features: {} examples{shard} -> {} {} features{labels} -> {} in {:.2}s",
         report.examples,
         report.features,
         split.as_str(),

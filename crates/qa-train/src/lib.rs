@@ -250,7 +250,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     }
     let features_sha256 = squad_core::fsutil::sha256_file(&opts.features)?;
     let eval_set = match &opts.eval {
-        Some(e) => Some(EvalSet::load(&e.features, &e.examples)?),
+        Some(e) => Some(EvalSet::load(&e.features, &e.examples, None)?),
         None => None,
     };
     prepare_output(opts)?;

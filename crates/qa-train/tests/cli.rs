@@ -43,8 +43,8 @@ fn inputs(dir: &Path) -> Inputs {
         dir.join("tiny.train.parquet"),
         dir.join("tiny.eval.parquet"),
     );
-    make_features_file(&examples, &tok, settings, FeatureSplit::Train, &train).unwrap();
-    make_features_file(&examples, &tok, settings, FeatureSplit::Eval, &eval).unwrap();
+    make_features_file(&examples, &tok, settings, FeatureSplit::Train, None, &train).unwrap();
+    make_features_file(&examples, &tok, settings, FeatureSplit::Eval, None, &eval).unwrap();
     // A small BERT (2 layers, hidden 32) with MiniLM's vocab, initialised by --random-init.
     let model = dir.join("small-bert");
     std::fs::create_dir_all(&model).unwrap();

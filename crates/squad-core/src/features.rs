@@ -63,6 +63,9 @@ pub mod meta {
     pub const TOKENIZER_VOCAB_SHA256: &str = "tokenizer_vocab_sha256";
     /// sha256 of the examples Parquet file the features were made from.
     pub const EXAMPLES_SHA256: &str = "examples_sha256";
+    /// `I/N` when only one shard of the examples was featurized (`example_index` still
+    /// counts positions in the whole examples file).
+    pub const SHARD: &str = "shard";
     /// The examples' SQuAD source checksum, carried along.
     pub const SOURCE_SHA256: &str = "source_sha256";
     pub const SKIPPED_QUESTIONS: &str = "skipped_questions";

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod metric;
 pub mod parquet_io;
 pub mod postprocess;
+pub mod shard;
 pub mod text;
 pub mod vocab;
 

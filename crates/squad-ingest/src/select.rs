@@ -3,37 +3,10 @@
 //! selection partition it exactly.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::Serialize;
 use squad_core::config::ArticleRange;
-
-/// `I/N`: keep the questions whose position mod N == I.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl FromStr for Shard {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("shard `{s}`: expected I/N with 0 <= I < N, e.g. 0/4");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let index: usize = i.trim().parse().map_err(|_| bad())?;
-        let count: usize = n.trim().parse().map_err(|_| bad())?;
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
+pub use squad_core::shard::Shard;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Selection {
@@ -61,8 +34,7 @@ impl Selection {
 
     /// `position`: index of the question among those of the kept articles.
     pub fn keeps_position(&self, position: usize) -> bool {
-        self.limit.is_none_or(|n| position < n)
-            && self.shard.is_none_or(|s| position % s.count == s.index)
+        self.limit.is_none_or(|n| position < n) && self.shard.is_none_or(|s| s.contains(position))
     }
 
     /// No question at or after `position` can be kept.
@@ -93,16 +65,5 @@ mod tests {
             .collect();
         union.sort();
         assert_eq!(kept, union);
-    }
-
-    #[test]
-    fn shard_parsing() {
-        assert_eq!(
-            "1/4".parse::<Shard>().unwrap(),
-            Shard { index: 1, count: 4 }
-        );
-        assert!("4/4".parse::<Shard>().is_err());
-        assert!("1/0".parse::<Shard>().is_err());
-        assert!("x".parse::<Shard>().is_err());
     }
 }
