@@ -34,6 +34,21 @@ TOKENIZER  := $(or $(call yaml_value,tokenizer),$(call yaml_value,name_or_path),
 # A hub id (bert-base-uncased) is no file: the stages fetch it.
 TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(wildcard $(TOKENIZER)))
 
+# Each stage depends on the config sections it reads, not the whole YAML: one stamp per
+# section (scripts/config_stamp.sh, run as make reads this file) changes only when that
+# section's text does, so editing `eval:` re-evaluates without retraining and editing
+# `train:` retrains without redoing ingest or features. A missing YAML stays the prerequisite,
+# so make stops with "No rule to make target pipelines/<name>.yaml".
+NO_RUN_GOALS := help model data test bench clean-run
+ifeq ($(wildcard $(CONFIG)),)
+stamp = $(CONFIG)
+else
+stamp = $(RUN)/.stamps/$(1).sha256
+ifneq ($(filter-out $(NO_RUN_GOALS),$(or $(MAKECMDGOALS),help)),)
+_stamps := $(shell scripts/config_stamp.sh $(CONFIG) $(RUN)/.stamps data model features train eval)
+endif
+endif
+
 .DEFAULT_GOAL := help
 .PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run
 
@@ -70,15 +85,15 @@ $(MODEL_DIR)/model.safetensors:
 	scripts/fetch_model.sh $(MODEL_DIR)
 
 # --- stages --------------------------------------------------------------------------------
-# Outputs depend on their inputs and the YAML. The binaries are order-only prerequisites: a
+# Outputs depend on their inputs and their config sections. The binaries are order-only prerequisites: a
 # rebuilt tool does not redo finished stages (retraining takes long); delete an output, or
 # `make -B <target>`, to redo it with new code.
 ingest: $(RUN)/train.examples.parquet $(RUN)/dev.examples.parquet
 
-$(RUN)/train.examples.parquet: $(CONFIG) $(TRAIN_JSON) | $(BIN)/squad-ingest
+$(RUN)/train.examples.parquet: $(call stamp,data) $(TRAIN_JSON) | $(BIN)/squad-ingest
 	scripts/timed.sh $(RUN)/timings.tsv ingest-train -- $(BIN)/squad-ingest --config $(CONFIG) --split train --input $(TRAIN_JSON) --output $@
 
-$(RUN)/dev.examples.parquet: $(CONFIG) $(DEV_JSON) | $(BIN)/squad-ingest
+$(RUN)/dev.examples.parquet: $(call stamp,data) $(DEV_JSON) | $(BIN)/squad-ingest
 	scripts/timed.sh $(RUN)/timings.tsv ingest-dev -- $(BIN)/squad-ingest --config $(CONFIG) --split dev --input $(DEV_JSON) --output $@
 
 stats: ingest
@@ -87,10 +102,11 @@ stats: ingest
 
 features: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet
 
-$(RUN)/train.features.parquet: $(RUN)/train.examples.parquet $(CONFIG) $(TOKENIZER_DEP) | $(BIN)/qa-features
+FEATURES_DEPS := $(call stamp,features) $(call stamp,model) $(TOKENIZER_DEP)
+$(RUN)/train.features.parquet: $(RUN)/train.examples.parquet $(FEATURES_DEPS) | $(BIN)/qa-features
 	scripts/timed.sh $(RUN)/timings.tsv features-train -- $(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split train --output $@
 
-$(RUN)/dev.features.parquet: $(RUN)/dev.examples.parquet $(CONFIG) $(TOKENIZER_DEP) | $(BIN)/qa-features
+$(RUN)/dev.features.parquet: $(RUN)/dev.examples.parquet $(FEATURES_DEPS) | $(BIN)/qa-features
 	scripts/timed.sh $(RUN)/timings.tsv features-dev -- $(BIN)/qa-features --config $(CONFIG) --examples $< --tokenizer $(TOKENIZER) --split eval --output $@
 
 parity: $(BIN)/squad-ingest $(BIN)/qa-features model data/squad/train-v1.1.json.gz data/squad/dev-v1.1.json.gz
@@ -110,7 +126,10 @@ train: $(RUN)/model/model.safetensors
 	@echo "model: $(RUN)/model  metrics: $(RUN)/metrics.jsonl  curve: $(RUN)/training_curve.svg"
 
 # make decided the run is stale, so it starts over (--overwrite); RESUME=1 continues instead.
-$(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) $(BASE_MODEL_DEP) | $(BIN)/qa-train
+# The per-epoch evaluation inside training uses the eval section as it was then (saved in
+# the run's config.yaml); an `eval:` edit alone re-evaluates the final model, not retrains.
+$(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet \
+  $(call stamp,model) $(call stamp,train) $(BASE_MODEL_DEP) | $(BIN)/qa-train
 	scripts/timed.sh $(RUN)/timings.tsv train -- $(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) \
 	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
 	  $(if $(RESUME),--resume,--overwrite)
@@ -121,7 +140,7 @@ eval: $(RUN)/report.md
 $(RUN)/report.md: $(RUN)/eval/metrics.json scripts/report.py
 	python3 scripts/report.py $(RUN) >/dev/null
 
-$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(CONFIG) | $(BIN)/qa-eval
+$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(call stamp,eval) | $(BIN)/qa-eval
 	scripts/timed.sh $(RUN)/timings.tsv eval -- $(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
 	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval
 
@@ -130,17 +149,19 @@ DEMO_Q := Which NFL team represented the AFC at Super Bowl 50?
 DEMO_C := Super Bowl 50 was an American football game to determine the champion of the National Football League (NFL) for the 2015 season. The American Football Conference (AFC) champion Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24–10 to earn their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in the San Francisco Bay Area at Santa Clara, California.
 demo: $(BIN)/qa-infer model
 	@echo "Q: $(DEMO_Q)"
-	@printf '%-34s' "base model ($(BASE_MODEL)):"; \
+	@echo "   base model: $(BASE_MODEL)   fine-tuned: $(RUN)/model"
+	@printf '%-13s' "base:"; \
 	  $(BIN)/qa-infer --model $(BASE_MODEL) --question "$(DEMO_Q)" --context "$(DEMO_C)" 2>/dev/null
 	@if [ -e $(RUN)/model/config.json ]; then \
-	  printf '%-34s' "fine-tuned ($(RUN)/model):"; \
+	  printf '%-13s' "fine-tuned:"; \
 	  $(BIN)/qa-infer --model $(RUN)/model --question "$(DEMO_Q)" --context "$(DEMO_C)"; \
-	else echo "fine-tuned: no $(RUN)/model yet (make train)"; fi
+	else echo "fine-tuned:  no $(RUN)/model yet (make train)"; fi
 
 # --- checks --------------------------------------------------------------------------------
 test: model
 	$(CARGO) test --workspace --locked
 	scripts/test_fetch.sh
+	scripts/test_make_dag.sh
 
 bench: $(foreach s,$(STAGES),$(BIN)/$(s)) model
 	scripts/bench.sh $(BIN)
