@@ -62,8 +62,25 @@ def main():
         out += ["(no eval/metrics.json: run `make eval`)", ""]
 
     if timings:
-        out += ["## Wall time per stage", "", "| stage | seconds |", "|---|---|"]
-        out += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+        # What each stage processed, from the files the stages left, for a throughput column.
+        stats = {split: (load(p(f"{split}.examples.stats.json")) or {}).get("stats", {}) for split in ("train", "dev")}
+        work = {
+            "ingest-train": (stats["train"].get("questions"), "questions"),
+            "ingest-dev": (stats["dev"].get("questions"), "questions"),
+            "features-train": (summary and summary["features"], "features"),
+            "features-dev": (ev and ev["features"], "features"),
+            "train": (summary and summary["features"] * summary["epochs"], "features"),
+            "eval": (ev and ev["features"], "features"),
+        }
+        order = list(work) + sorted(set(timings) - set(work))
+        out += ["## Wall time per stage", "",
+                "Whole command, process start and model loading included.", "",
+                "| stage | seconds | processed | per second |", "|---|---|---|---|"]
+        for stage in (s for s in order if s in timings):
+            secs = timings[stage]
+            n, unit = work.get(stage, (None, ""))
+            rate = f"{n / secs:.1f} {unit}/s" if n and secs > 0 else ""
+            out.append(f"| {stage} | {secs:.1f} | {f'{n} {unit}' if n else ''} | {rate} |")
         out.append("")
 
     cfg = p("config.yaml")

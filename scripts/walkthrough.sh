@@ -62,27 +62,32 @@ step touch-rerun-j2 make -j2 eval PIPELINE="$P"
 [ "$R/train.features.parquet" -nt "$R/train.examples.parquet" ] || die "features not redone"
 [ "$R/model/model.safetensors" -nt "$R/train.features.parquet" ] || die "training not redone"
 
-# The scheduler section: a 2-way sharded evaluation of the same dev selection, merged.
+# The scheduler section: the Slurm array's commands as a 2-way split of the run's dev set
+# (qa-eval --shard over the run's features), then the variant that shards from ingest on.
 S=$R/shards
 for i in 0 1; do
+  step shard-$i-eval "$B/qa-eval" --config "pipelines/$P.yaml" --model "$R/model" \
+    --features "$R/dev.features.parquet" --examples "$R/dev.examples.parquet" \
+    --shard $i/2 --output "$S/eval.$i" --quiet
   step shard-$i-ingest "$B/squad-ingest" --config "pipelines/$P.yaml" --split dev \
     --input data/squad/dev-v1.1.json.gz --shard $i/2 --output "$S/dev.$i.examples.parquet"
   step shard-$i-features "$B/qa-features" --config "pipelines/$P.yaml" \
     --examples "$S/dev.$i.examples.parquet" --split eval --output "$S/dev.$i.features.parquet"
-  step shard-$i-eval "$B/qa-eval" --config "pipelines/$P.yaml" --model "$R/model" \
+  step shard-$i-eval-own-files "$B/qa-eval" --config "pipelines/$P.yaml" --model "$R/model" \
     --features "$S/dev.$i.features.parquet" --examples "$S/dev.$i.examples.parquet" \
-    --output "$S/eval.$i" --quiet
+    --output "$S/eval-own.$i" --quiet
 done
 step shard-merge "$B/qa-eval" score --data data/squad/dev-v1.1.json.gz --only-predicted \
-  --predictions "$S/eval.0/predictions.json" "$S/eval.1/predictions.json" | tee "$S/merged.txt"
-python3 - "$R/eval/predictions.json" "$S/eval.0/predictions.json" "$S/eval.1/predictions.json" <<'PY'
+  --predictions "$S/eval.0/predictions.json" "$S/eval.1/predictions.json"
+python3 - "$R/eval/predictions.json" "$S" <<'PY'
 import json, sys
 whole = json.load(open(sys.argv[1]))
-merged = {}
-for f in sys.argv[2:]:
-    merged.update(json.load(open(f)))
-assert merged == whole, "sharded predictions differ from the unsharded ones"
-print(f"walkthrough: the 2 shards' predictions equal the unsharded ones ({len(whole)} questions)")
+for kind in ("eval", "eval-own"):
+    merged = {}
+    for i in (0, 1):
+        merged.update(json.load(open(f"{sys.argv[2]}/{kind}.{i}/predictions.json")))
+    assert merged == whole, f"{kind}: sharded predictions differ from the unsharded ones"
+print(f"walkthrough: both 2-way splits give the unsharded predictions ({len(whole)} questions)")
 PY
 
 echo

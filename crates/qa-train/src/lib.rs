@@ -403,6 +403,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
             .expect("template"),
     );
     bar.set_position(run.state.global_step as u64);
+    // Under make, cron or a batch scheduler stderr is a log file, where indicatif draws
+    // nothing: print a plain line per logging window there instead.
+    let log_lines = opts.progress && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let pad_to = tc.pad_to_max_length.then_some(config.features.max_length);
     let dropout_on = tc.dropout;
     let mut last_eval = None;
@@ -510,6 +513,12 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
                 s.window_loss_sum = 0.0;
                 s.window_steps = 0;
                 run.log.append(record)?;
+                if log_lines {
+                    let eta = s.train_seconds / step as f64 * (total_steps - step) as f64;
+                    eprintln!(
+                        "qa-train: step {step}/{total_steps}  loss {loss:.4}  lr {lr:.3e}  {speed:.2} features/s  eta {eta:.0}s"
+                    );
+                }
             }
             if tc.save_steps > 0 && step % tc.save_steps == 0 && !at_end {
                 run.save_checkpoint()?;
