@@ -14,6 +14,7 @@
 #                    and the run report runs/<name>/report.md
 #   make demo        the notebook's example question: base model vs fine-tuned
 #   make infer Q="question" C="context"   answer with runs/<name>/model, else the base model
+#   make build-cuda  the binaries with CUDA (scripts/build_cuda.sh); then DEVICE=cuda uses them
 #   make test        the test suite (what CI runs)
 #   make bench       speed benchmarks (release build)
 
@@ -34,12 +35,23 @@ TOKENIZER  := $(or $(call yaml_value,tokenizer),$(call yaml_value,name_or_path),
 # A hub id (bert-base-uncased) is no file: the stages fetch it.
 TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(wildcard $(TOKENIZER)))
 
+# Where qa-train and qa-eval run: DEVICE=cuda (or cuda:N) on the command line, else the YAML's
+# top-level `device:`, else cpu. A GPU needs the CUDA build, in its own target directory; the
+# device does not change what a stage computes, so switching it reruns nothing.
+DEVICE ?= $(or $(call yaml_value,device),cpu)
+ifneq ($(filter cuda%,$(DEVICE)),)
+BIN   := $(TARGET)/cuda/release
+BUILD := CUDA_TARGET_DIR=$(TARGET)/cuda scripts/build_cuda.sh
+else
+BUILD := $(CARGO) build --release --locked --bins
+endif
+
 # Each stage depends on the config sections it reads, not the whole YAML: one stamp per
 # section (scripts/config_stamp.sh, run as make reads this file) changes only when that
 # section's text does, so editing `eval:` re-evaluates without retraining and editing
 # `train:` retrains without redoing ingest or features. A missing YAML stays the prerequisite,
 # so make stops with "No rule to make target pipelines/<name>.yaml".
-NO_RUN_GOALS := help model data test bench clean-run
+NO_RUN_GOALS := help model data test bench clean-run build-cuda
 ifeq ($(wildcard $(CONFIG)),)
 stamp = $(CONFIG)
 else
@@ -50,7 +62,7 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run
+.PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run build-cuda
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -69,9 +81,12 @@ LIBS_qa-train := qa-model qa-eval squad-ingest
 # dependency features differently each time and recompiles polars and candle over and over.
 define binary_rule
 $(BIN)/$(1): $(CORE_SOURCES) $(foreach c,$(1) $(LIBS_$(1)),$(call crate_sources,$(c)))
-	$(CARGO) build --release --locked --bins
+	$(BUILD)
 endef
 $(foreach s,$(STAGES),$(eval $(call binary_rule,$(s))))
+
+build-cuda:
+	CUDA_TARGET_DIR=$(TARGET)/cuda scripts/build_cuda.sh
 
 # --- data and model ------------------------------------------------------------------------
 data: $(TRAIN_JSON) $(DEV_JSON)
@@ -130,7 +145,7 @@ train: $(RUN)/model/model.safetensors
 # the run's config.yaml); an `eval:` edit alone re-evaluates the final model, not retrains.
 $(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet \
   $(call stamp,model) $(call stamp,train) $(BASE_MODEL_DEP) | $(BIN)/qa-train
-	scripts/timed.sh $(RUN)/timings.tsv train -- $(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) \
+	scripts/timed.sh $(RUN)/timings.tsv train -- $(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) --device $(DEVICE) \
 	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
 	  $(if $(RESUME),--resume,--overwrite)
 
@@ -142,7 +157,7 @@ $(RUN)/report.md: $(RUN)/eval/metrics.json scripts/report.py
 
 $(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(call stamp,eval) | $(BIN)/qa-eval
 	scripts/timed.sh $(RUN)/timings.tsv eval -- $(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
-	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval
+	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval --device $(DEVICE)
 
 # The notebook's "test inference before fine-tuning" step, and the same question after it.
 DEMO_Q := Which NFL team represented the AFC at Super Bowl 50?

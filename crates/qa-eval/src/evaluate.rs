@@ -38,6 +38,7 @@ pub struct EvalInputs<'a> {
     pub progress: bool,
     /// Evaluate only the examples whose position mod N == I (and their features).
     pub shard: Option<Shard>,
+    pub device: Device,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,7 +68,7 @@ pub fn run_forward(
     let mut rows = Vec::with_capacity(feats.len());
     for chunk in feats.chunks(batch_size.max(1)) {
         let refs: Vec<&Feature> = chunk.iter().collect();
-        let (s, e) = model.infer(&make_batch(&refs, None, &Device::Cpu)?)?;
+        let (s, e) = model.infer(&make_batch(&refs, None, model.device())?)?;
         let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
         rows.extend(s.into_iter().zip(e));
         bar.inc(chunk.len() as u64);
@@ -291,8 +292,13 @@ pub fn write_outputs(
 /// Loads the checkpoint and the eval set, evaluates, and writes the outputs into `output`.
 pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalError> {
     let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
-    let ck = Checkpoint::load(inputs.model, 0, &Device::Cpu)?;
+    let ck = Checkpoint::load(inputs.model, 0, &inputs.device)?;
     set.check_tokenizer(&ck.dir)?;
+    let _lock = squad_core::lock::DirLock::acquire(
+        output,
+        "qa-eval",
+        "wait for it to end (or stop it), then rerun",
+    )?;
     let evaluation = evaluate_model(
         &ck.model,
         &set,
@@ -338,4 +344,30 @@ fn logits_frame(
         path: "eval_logits.parquet".into(),
         message: e.to_string(),
     })
+}
+
+/// Largest absolute difference between two `eval_logits.parquet` files of the same features
+/// (e.g. the same model run on the CPU and on a GPU). Errors when their shapes differ.
+pub fn max_logit_difference(a: &Path, b: &Path) -> Result<f32, EvalError> {
+    let read = |path: &Path| -> Result<Vec<Vec<f32>>, EvalError> {
+        let (df, _) = squad_core::parquet_io::read_parquet(path)?;
+        let cols = squad_core::parquet_io::Columns::new(path, &df);
+        let mut rows = cols.f32_lists("start_logits")?;
+        rows.extend(cols.f32_lists("end_logits")?);
+        Ok(rows)
+    };
+    let (left, right) = (read(a)?, read(b)?);
+    let same_shape =
+        left.len() == right.len() && left.iter().zip(&right).all(|(x, y)| x.len() == y.len());
+    if !same_shape {
+        return Err(EvalError::Input {
+            path: b.to_path_buf(),
+            message: format!("logits of other features than {}", a.display()),
+        });
+    }
+    Ok(left
+        .iter()
+        .zip(&right)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max))
 }

@@ -55,6 +55,9 @@ struct EvalArgs {
     /// merge the shards' predictions with `qa-eval score`.
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    /// Where the model runs: cpu, cuda or cuda:N [default: the config's device, cpu].
+    #[arg(long)]
+    device: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -65,6 +68,17 @@ enum Command {
     /// Score predictions against a SQuAD file: a drop-in for the official evaluate-v1.1.py /
     /// evaluate-v2.0.py. Several prediction files (shards) are merged.
     Score(ScoreArgs),
+    /// Compare two eval_logits.parquet files of the same features (say, a CPU and a GPU run):
+    /// prints the largest absolute difference; exit 1 when it exceeds --tolerance.
+    CompareLogits(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    a: PathBuf,
+    b: PathBuf,
+    #[arg(long, default_value_t = 1e-3)]
+    tolerance: f32,
 }
 
 #[derive(Args)]
@@ -99,8 +113,10 @@ enum VersionArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(Command::Score(args)) = cli.command else {
-        return finish("qa-eval", run_eval(cli.eval).map(|()| ExitCode::SUCCESS));
+    let args = match cli.command {
+        None => return finish("qa-eval", run_eval(cli.eval).map(|()| ExitCode::SUCCESS)),
+        Some(Command::CompareLogits(c)) => return finish("qa-eval", compare(&c)),
+        Some(Command::Score(args)) => args,
     };
     let options = ScoreOptions {
         version: match args.version {
@@ -128,6 +144,20 @@ fn main() -> ExitCode {
     }
 }
 
+fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
+    let diff = qa_eval::evaluate::max_logit_difference(&args.a, &args.b)?;
+    let within = diff <= args.tolerance;
+    println!(
+        "{}",
+        serde_json::json!({"max_abs_diff": diff, "tolerance": args.tolerance, "within": within})
+    );
+    Ok(if within {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut config = PipelineConfig::load_or_default(args.config.as_deref())?;
     let examples = args.examples.expect("required");
@@ -140,6 +170,10 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         .null_score_diff_threshold
         .unwrap_or(e.null_score_diff_threshold);
     e.batch_size = args.batch_size.unwrap_or(e.batch_size);
+    if let Some(d) = args.device {
+        config.device = d;
+    }
+    let device = qa_model::checkpoint::device(&config.device)?;
     let output = args.output.expect("required");
     let model = args.model.expect("required");
     config.model.name_or_path = model.clone();
@@ -156,6 +190,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         },
         progress: !args.quiet,
         shard: args.shard,
+        device,
     };
     let report = evaluate(&inputs, &output)?;
     config.save(&output.join("config.yaml"))?;

@@ -171,6 +171,11 @@ impl BertForQuestionAnswering {
         })
     }
 
+    /// The device the parameters live on (batches must be made there).
+    pub fn device(&self) -> &candle_core::Device {
+        self.qa_outputs.weight.device()
+    }
+
     /// Start and end logits, each `[batch, len]`, differentiable (training, parity checks).
     /// `dropout`: Some in training mode.
     pub fn forward(

@@ -27,16 +27,7 @@ pub struct Checkpoint {
     pub report: LoadReport,
 }
 
-/// `cpu` now; `cuda` needs a build with candle's CUDA support, which this one lacks.
-pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        other => Err(ModelError::Resolve {
-            name: other.into(),
-            message: "unknown or unsupported device (this build supports: cpu)".into(),
-        }),
-    }
-}
+pub use crate::device::device;
 
 /// A local checkpoint directory for `name_or_path`, downloading a hub id when needed.
 pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
@@ -115,31 +106,30 @@ pub fn save_with(
     tokenizer_src: Option<&Path>,
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
-    let io = |path: &Path, e: std::io::Error| ModelError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| io(&parent, e))?;
+    std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, "create", e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-ckpt-")
         .tempdir_in(&parent)
-        .map_err(|e| io(&parent, e))?;
-    std::fs::write(tmp.path().join("config.json"), config.to_qa_json())
-        .map_err(|e| io(tmp.path(), e))?;
+        .map_err(|e| ModelError::io(&parent, "create a directory in", e))?;
+    let config_path = tmp.path().join("config.json");
+    std::fs::write(&config_path, config.to_qa_json())
+        .map_err(|e| ModelError::io(&config_path, "write", e))?;
     params.save_safetensors(&tmp.path().join("model.safetensors"))?;
     if let Some(src) = tokenizer_src {
         for f in TOKENIZER_FILES {
             let from = src.join(f);
             if from.exists() {
-                std::fs::copy(&from, tmp.path().join(f)).map_err(|e| io(&from, e))?;
+                std::fs::copy(&from, tmp.path().join(f))
+                    .map_err(|e| ModelError::io(&from, "copy", e))?;
             }
         }
     }
     extra(tmp.path())?;
+    write_checksums(tmp.path())?;
     let staged = tmp.keep();
     #[cfg(unix)]
     {
@@ -158,11 +148,89 @@ pub fn save_with(
         std::process::id()
     ));
     if out.exists() {
-        std::fs::rename(out, &old).map_err(|e| io(out, e))?;
+        std::fs::rename(out, &old).map_err(|e| ModelError::io(out, "move aside", e))?;
     }
-    std::fs::rename(&staged, out).map_err(|e| io(out, e))?;
+    std::fs::rename(&staged, out).map_err(|e| ModelError::io(out, "rename into", e))?;
     if old.exists() {
         let _ = std::fs::remove_dir_all(&old);
     }
     Ok(())
+}
+
+/// `sha256sum`-style list of a checkpoint's files (`sha256sum -c checksums.sha256` checks it),
+/// written when the checkpoint is saved so that damage found later is certain and cheap.
+pub const CHECKSUMS_FILE: &str = "checksums.sha256";
+
+fn write_checksums(dir: &Path) -> Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| ModelError::io(dir, "list", e))?
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != CHECKSUMS_FILE)
+        .collect();
+    names.sort();
+    let mut text = String::new();
+    for name in names {
+        let sum = squad_core::fsutil::sha256_file(&dir.join(&name))?;
+        text.push_str(&format!("{sum}  {name}\n"));
+    }
+    let path = dir.join(CHECKSUMS_FILE);
+    std::fs::write(&path, text).map_err(|e| ModelError::io(&path, "write", e))
+}
+
+/// Why a saved checkpoint directory cannot be used, if it cannot: a file that differs from the
+/// checksum recorded at save time (when there is one), an unreadable `config.json`, or a
+/// `model.safetensors` whose header does not parse or whose tensors do not have the shapes
+/// `config.json` implies. Reads headers, not tensors.
+pub fn verify(dir: &Path) -> std::result::Result<(), String> {
+    let sums = dir.join(CHECKSUMS_FILE);
+    if sums.exists() {
+        let text = std::fs::read_to_string(&sums).map_err(|e| format!("{CHECKSUMS_FILE}: {e}"))?;
+        for line in text.lines() {
+            let (want, name) = line
+                .split_once("  ")
+                .ok_or_else(|| format!("{CHECKSUMS_FILE}: bad line {line:?}"))?;
+            let got =
+                squad_core::fsutil::sha256_file(&dir.join(name)).map_err(|e| e.to_string())?;
+            if got != want {
+                return Err(format!(
+                    "{name}: sha256 differs from the one recorded at save time"
+                ));
+            }
+        }
+    }
+    let config = BertConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
+    let weights = dir.join("model.safetensors");
+    let found = safetensors_shapes(&weights)?;
+    for (name, shape) in crate::bert::parameter_shapes(&config) {
+        match found.get(&name) {
+            Some(s) if *s == shape => {}
+            Some(s) => {
+                return Err(format!(
+                    "model.safetensors: {name} has shape {s:?}, config.json implies {shape:?}"
+                ))
+            }
+            None => return Err(format!("model.safetensors: no tensor {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// Tensor names and shapes from a safetensors file's header.
+pub fn safetensors_shapes(
+    path: &Path,
+) -> std::result::Result<std::collections::HashMap<String, Vec<usize>>, String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{name}: {e}"))?;
+    Ok(tensors
+        .tensors()
+        .into_iter()
+        .map(|(n, view)| (n, view.shape().to_vec()))
+        .collect())
 }

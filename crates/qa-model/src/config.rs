@@ -93,10 +93,7 @@ impl BertConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, "read", e))?;
         Self::from_json(path, &text)
     }
 

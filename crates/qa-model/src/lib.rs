@@ -5,6 +5,7 @@ pub mod batch;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod loss;
 pub mod nn;

@@ -3,7 +3,7 @@
 //! candle's unseedable RNG; these are composed from differentiable ops, and dropout masks
 //! come from a seeded host RNG so that a seed reproduces a run.
 
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -78,29 +78,64 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
 }
 
-/// Dropout masks from a seeded ChaCha8 stream. Its state (seed + words drawn) is what a
-/// checkpoint saves to resume bit-exactly.
+/// Where dropout masks come from. On the CPU, a seeded ChaCha8 stream on the host, whose
+/// state (seed + words drawn) a checkpoint saves to resume bit-exactly. On a GPU, the device's
+/// own generator (curand), reseeded from (seed, step) at the start of every optimizer step:
+/// masks are drawn where they are used (a `[batch, heads, len, len]` mask never crosses the
+/// bus) and a run resumes from its step alone.
 #[derive(Debug, Clone)]
-pub struct DropoutRng {
-    rng: ChaCha8Rng,
+pub enum DropoutRng {
+    Host(ChaCha8Rng),
+    Device { device: Device, seed: u64 },
+}
+
+/// splitmix64's finaliser: a well-mixed 64-bit value for each (seed, step).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl DropoutRng {
+    /// A host stream (CPU).
     pub fn new(seed: u64) -> Self {
-        DropoutRng {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+        DropoutRng::Host(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    /// The host stream on the CPU, the device's generator elsewhere.
+    pub fn for_device(seed: u64, device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::new(seed)
+        } else {
+            DropoutRng::Device {
+                device: device.clone(),
+                seed,
+            }
         }
     }
 
-    /// (seed, word position) of the stream, for checkpoints.
-    pub fn state(&self) -> ([u8; 32], u128) {
-        (self.rng.get_seed(), self.rng.get_word_pos())
+    /// Called before each optimizer step (0-based `step`): reseeds a device generator.
+    pub fn begin_step(&mut self, step: usize) -> Result<()> {
+        match self {
+            DropoutRng::Host(_) => Ok(()),
+            DropoutRng::Device { device, seed } => device.set_seed(mix(*seed ^ mix(step as u64))),
+        }
+    }
+
+    /// (seed, word position) of a host stream, for checkpoints; None for a device generator
+    /// (its state is the step).
+    pub fn state(&self) -> Option<([u8; 32], u128)> {
+        match self {
+            DropoutRng::Host(rng) => Some((rng.get_seed(), rng.get_word_pos())),
+            DropoutRng::Device { .. } => None,
+        }
     }
 
     pub fn from_state(seed: [u8; 32], word_pos: u128) -> Self {
         let mut rng = ChaCha8Rng::from_seed(seed);
         rng.set_word_pos(word_pos);
-        DropoutRng { rng }
+        DropoutRng::Host(rng)
     }
 
     /// Zeroes each element with probability `p`, scales the rest by 1 / (1 - p).
@@ -108,18 +143,20 @@ impl DropoutRng {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        let scale = (1.0 / (1.0 - p)) as f32;
-        let p = p as f32;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if self.rng.random::<f32>() >= p {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        let scale = 1.0 / (1.0 - p);
+        let mask = match self {
+            DropoutRng::Host(rng) => {
+                let (scale, p) = (scale as f32, p as f32);
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| if rng.random::<f32>() >= p { scale } else { 0.0 })
+                    .collect();
+                Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
+            }
+            DropoutRng::Device { device, .. } => Tensor::rand(0f32, 1f32, x.shape(), device)?
+                .ge(p)?
+                .to_dtype(x.dtype())?
+                .affine(scale, 0.0)?,
+        };
         x.mul(&mask)
     }
 }
@@ -144,7 +181,7 @@ pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     #[test]
     fn layer_norm_matches_definition_and_has_gradients() {
@@ -186,7 +223,7 @@ mod tests {
         let x = Tensor::ones((4, 64), DType::F32, &Device::Cpu).unwrap();
         let mut a = DropoutRng::new(7);
         let first: Vec<Vec<f32>> = a.dropout(&x, 0.5).unwrap().to_vec2().unwrap();
-        let (seed, pos) = a.state();
+        let (seed, pos) = a.state().unwrap();
         let second: Vec<Vec<f32>> = a.dropout(&x, 0.5).unwrap().to_vec2().unwrap();
         let mut b = DropoutRng::new(7);
         assert_eq!(b.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(), first);

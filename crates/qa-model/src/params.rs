@@ -223,9 +223,11 @@ impl Params {
     }
 
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.tensors(), path).map_err(|e| ModelError::Weights {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        candle_core::safetensors::save(&self.tensors(), path).map_err(|e| {
+            ModelError::WriteWeights {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            }
         })
     }
 }

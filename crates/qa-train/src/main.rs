@@ -27,12 +27,13 @@ struct Cli {
     /// Initialise randomly with the architecture of MODEL/config.json (no weights read).
     #[arg(long)]
     random_init: bool,
-    /// Run directory.
+    /// Run directory (one qa-train at a time: a second one on it exits at once).
     #[arg(long)]
     output: PathBuf,
-    /// Eval features and examples, to evaluate at the end of each epoch.
+    /// Eval features (qa-features --split eval), to evaluate at the end of each epoch.
     #[arg(long, requires = "eval_examples")]
     eval_features: Option<PathBuf>,
+    /// The examples file the eval features were made from.
     #[arg(long, requires = "eval_features")]
     eval_examples: Option<PathBuf>,
     /// Continue from the newest checkpoint in OUTPUT (start afresh if there is none).
@@ -41,49 +42,66 @@ struct Cli {
     /// Start over, replacing an earlier run in OUTPUT.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Peak learning rate of the linear schedule [config train.learning_rate; default 2e-5].
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// Features per micro-batch [config train.batch_size; default 8].
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Passes over the training features [config train.epochs; default 1].
     #[arg(long)]
     epochs: Option<usize>,
+    /// Stop after this many optimizer steps, whatever --epochs says [default: no limit].
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Decoupled AdamW weight decay on weight matrices and embeddings [default 0.01].
     #[arg(long)]
     weight_decay: Option<f64>,
+    /// Linear warm-up steps; wins over --warmup-ratio when > 0 [default 0].
     #[arg(long)]
     warmup_steps: Option<usize>,
+    /// Linear warm-up as a fraction of all optimizer steps [default 0.0].
     #[arg(long)]
     warmup_ratio: Option<f64>,
+    /// Clip gradients to this global L2 norm; 0 turns clipping off [default 1.0].
     #[arg(long)]
     max_grad_norm: Option<f64>,
+    /// Micro-batches summed into one optimizer step [default 1].
     #[arg(long)]
     gradient_accumulation_steps: Option<usize>,
+    /// Seed of the QA head's initialisation, the data order and dropout [default 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// Save a checkpoint every N optimizer steps; 0: only at each epoch's end [default 500].
     #[arg(long)]
     save_steps: Option<usize>,
+    /// Keep at most this many step checkpoints, newest first [default 2].
     #[arg(long)]
     save_total_limit: Option<usize>,
+    /// Log loss, learning rate and gradient norm every N optimizer steps [default 10].
     #[arg(long)]
     logging_steps: Option<usize>,
-    /// Pad every batch to max_length (as run_qa.py) instead of its longest feature.
+    /// Pad every batch to max_length (as run_qa.py) instead of its longest feature [default:
+    /// off].
     #[arg(long)]
     pad_to_max_length: bool,
-    /// Batch features of similar length together.
+    /// Batch features of similar length together (HF group_by_length) [default: off].
     #[arg(long)]
     group_by_length: bool,
     /// Replay a recorded data order (JSON list of feature indices per epoch, e.g. HF Trainer's
     /// train_order.json) instead of the seeded shuffle.
     #[arg(long)]
     data_order: Option<PathBuf>,
-    /// Dropout off (for parity checks).
+    /// Dropout off, for parity checks [default: dropout as the model's config.json sets it].
     #[arg(long)]
     no_dropout: bool,
+    /// Where to train: cpu, cuda or cuda:N [default: the config's device, cpu].
+    #[arg(long)]
+    device: Option<String>,
     /// Compute threads (default: all cores). A run is bitwise reproducible for a fixed count.
     #[arg(long)]
     threads: Option<usize>,
-    /// No progress bar.
+    /// No progress bar or progress lines.
     #[arg(long)]
     quiet: bool,
 }
@@ -101,6 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = PipelineConfig::load_or_default(cli.config.as_deref())?;
     if let Some(m) = cli.model {
         config.model.name_or_path = m;
+    }
+    if let Some(d) = cli.device {
+        config.device = d;
     }
     let t = &mut config.train;
     macro_rules! set {

@@ -12,8 +12,9 @@ pub struct MetricsLog {
     pub records: Vec<Map<String, Value>>,
 }
 
+/// Every IO on the log is a write (its reads go through `read_to_string` + `unwrap_or_default`).
 fn io(path: &Path, e: std::io::Error) -> squad_core::Error {
-    squad_core::Error::io(path, e)
+    squad_core::Error::write(path, e)
 }
 
 impl MetricsLog {

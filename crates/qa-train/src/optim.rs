@@ -2,13 +2,15 @@
 //! embeddings only), global-norm gradient clipping and the linear schedule with warm-up.
 //! candle-nn's AdamW decays every tensor and has neither clipping nor schedules.
 //!
-//! Moments live on the host as f32 vectors, updated in the order of torch's fused CPU kernel
-//! (scalars in f64, element arithmetic in f32), so a step matches torch within float noise
-//! and the state is trivially saved and restored for exact resumption.
+//! On the CPU, gradients and moments are host f32 vectors, updated in parallel in the order of
+//! torch's fused CPU kernel (scalars in f64, element arithmetic in f32), so a step matches
+//! torch within float noise. On a GPU they are device tensors updated with tensor ops: nothing
+//! crosses the bus, not even the clipping norm (it is read only when logged).
 
 use std::collections::BTreeMap;
 
-use candle_core::{Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters (lr comes from the schedule each step).
@@ -20,11 +22,148 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// First and second moments of one parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Moments {
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+/// First and second moments of one parameter: host vectors (CPU) or device tensors.
+#[derive(Debug, Clone)]
+pub enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    /// Both moments as flat CPU tensors (what a checkpoint stores).
+    pub fn to_cpu(&self) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Moments::Host { m, v } => Ok((
+                Tensor::from_slice(m, m.len(), &Device::Cpu)?,
+                Tensor::from_slice(v, v.len(), &Device::Cpu)?,
+            )),
+            Moments::Device { m, v } => Ok((
+                m.flatten_all()?.to_device(&Device::Cpu)?,
+                v.flatten_all()?.to_device(&Device::Cpu)?,
+            )),
+        }
+    }
+
+    /// From flat tensors, kept where a step on `device` will use them.
+    pub fn from_tensors(m: &Tensor, v: &Tensor, device: &Device) -> candle_core::Result<Self> {
+        if device.is_cpu() {
+            Ok(Moments::Host {
+                m: m.flatten_all()?.to_vec1()?,
+                v: v.flatten_all()?.to_vec1()?,
+            })
+        } else {
+            Ok(Moments::Device {
+                m: m.flatten_all()?.to_device(device)?,
+                v: v.flatten_all()?.to_device(device)?,
+            })
+        }
+    }
+}
+
+/// The gradients of one optimizer step by parameter name: host vectors on the CPU (clipped
+/// and applied in parallel, in place), device tensors elsewhere (never copied to the host).
+#[derive(Debug)]
+pub enum Grads {
+    Host(BTreeMap<String, Vec<f32>>),
+    Device(BTreeMap<String, Tensor>),
+}
+
+/// A number the step computed: already on the host, or a device scalar read when needed
+/// (reading it waits for the device, so a GPU run reads only at logging steps).
+#[derive(Debug, Clone)]
+pub enum Scalar {
+    Host(f64),
+    Device(Tensor),
+}
+
+impl Scalar {
+    pub fn value(&self) -> candle_core::Result<f64> {
+        match self {
+            Scalar::Host(v) => Ok(*v),
+            Scalar::Device(t) => Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?),
+        }
+    }
+}
+
+impl Grads {
+    /// Every parameter's gradient from a backward pass (zeros where the loss does not
+    /// reach), as host vectors when `host`, else as tensors where the parameters live.
+    pub fn from_store(
+        store: &GradStore,
+        params: &BTreeMap<String, Var>,
+        host: bool,
+    ) -> candle_core::Result<Self> {
+        let grad = |var: &Var| -> candle_core::Result<Tensor> {
+            match store.get(var.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => var.zeros_like(),
+            }
+        };
+        if host {
+            let mut out = BTreeMap::new();
+            for (name, var) in params {
+                out.insert(name.clone(), grad(var)?.flatten_all()?.to_vec1()?);
+            }
+            Ok(Grads::Host(out))
+        } else {
+            let mut out = BTreeMap::new();
+            for (name, var) in params {
+                out.insert(name.clone(), grad(var)?);
+            }
+            Ok(Grads::Device(out))
+        }
+    }
+
+    /// Adds another micro-batch's gradients (gradient accumulation).
+    pub fn add(&mut self, other: Grads) -> candle_core::Result<()> {
+        match (self, other) {
+            (Grads::Host(acc), Grads::Host(more)) => {
+                for (name, add) in more {
+                    let a = acc.get_mut(&name).expect("same parameters");
+                    a.par_iter_mut()
+                        .zip(add.par_iter())
+                        .for_each(|(a, b)| *a += b);
+                }
+            }
+            (Grads::Device(acc), Grads::Device(more)) => {
+                for (name, add) in more {
+                    let a = acc.get_mut(&name).expect("same parameters");
+                    *a = (&*a + add)?;
+                }
+            }
+            _ => candle_core::bail!("gradients on different devices"),
+        }
+        Ok(())
+    }
+
+    /// torch `clip_grad_norm_` over all gradients; returns the norm before clipping.
+    pub fn clip(&mut self, max_norm: f64) -> candle_core::Result<Scalar> {
+        match self {
+            Grads::Host(g) => Ok(Scalar::Host(clip_grad_norm(g, max_norm))),
+            Grads::Device(g) => Ok(Scalar::Device(clip_device_grads(g, max_norm)?)),
+        }
+    }
+}
+
+/// `clip_grad_norm` on device tensors: the norm (f32 scalar) and the scaling factor stay on
+/// the device, so clipping needs no host round trip.
+fn clip_device_grads(
+    grads: &mut BTreeMap<String, Tensor>,
+    max_norm: f64,
+) -> candle_core::Result<Tensor> {
+    let squares = grads
+        .values()
+        .map(|g| g.sqr()?.sum_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let norm = Tensor::stack(&squares, 0)?.sum_all()?.sqrt()?;
+    if max_norm > 0.0 {
+        // min(1, max_norm / (norm + 1e-6)), as torch's clamp(max=1.0).
+        let coef = (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)?;
+        for g in grads.values_mut() {
+            *g = g.broadcast_mul(&coef)?;
+        }
+    }
+    Ok(norm)
 }
 
 #[derive(Debug, Clone)]
@@ -49,48 +188,113 @@ impl AdamW {
     pub fn step(
         &mut self,
         params: &BTreeMap<String, Var>,
-        grads: &BTreeMap<String, Vec<f32>>,
+        grads: &Grads,
         lr: f64,
         decays: impl Fn(&str) -> bool,
     ) -> candle_core::Result<()> {
         self.steps += 1;
         let c = self.config;
         let t = self.steps as i32;
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
-        let step_size = (lr / bias1) as f32;
-        let b2 = c.beta2 as f32;
-        let (one_minus_b1, one_minus_b2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
-        let (bias2_sqrt, eps) = (bias2_sqrt as f32, c.eps as f32);
+        let update = Update {
+            step_size: lr / (1.0 - c.beta1.powi(t)),
+            bias2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+        };
         for (name, var) in params {
-            let grad = grads
-                .get(name)
-                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
-            let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-            let moments = self.moments.entry(name.clone()).or_insert_with(|| Moments {
-                m: vec![0.0; p.len()],
-                v: vec![0.0; p.len()],
-            });
             let decay = if decays(name) {
-                (1.0 - lr * c.weight_decay) as f32
+                1.0 - lr * c.weight_decay
             } else {
                 1.0
             };
-            p.par_iter_mut()
-                .zip(moments.m.par_iter_mut())
-                .zip(moments.v.par_iter_mut())
-                .zip(grad.par_iter())
-                .for_each(|(((p, m), v), &g)| {
-                    *p *= decay;
-                    // torch: exp_avg.lerp_(grad, 1 - beta1)
-                    *m += one_minus_b1 * (g - *m);
-                    *v = *v * b2 + one_minus_b2 * g * g;
-                    let denom = v.sqrt() / bias2_sqrt + eps;
-                    *p -= step_size * (*m / denom);
-                });
-            var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
+            let missing = || candle_core::Error::Msg(format!("no gradient for {name}"));
+            match grads {
+                Grads::Host(g) => {
+                    let g = g.get(name).ok_or_else(missing)?;
+                    let moments =
+                        self.moments
+                            .entry(name.clone())
+                            .or_insert_with(|| Moments::Host {
+                                m: vec![0.0; g.len()],
+                                v: vec![0.0; g.len()],
+                            });
+                    let Moments::Host { m, v } = moments else {
+                        candle_core::bail!("{name}: optimizer state is on another device");
+                    };
+                    update.host(var, m, v, g, decay)?;
+                }
+                Grads::Device(g) => {
+                    let g = g.get(name).ok_or_else(missing)?;
+                    if !self.moments.contains_key(name) {
+                        let (m, v) = (g.zeros_like()?, g.zeros_like()?);
+                        self.moments.insert(name.clone(), Moments::Device { m, v });
+                    }
+                    let moments = self.moments.get_mut(name).expect("inserted above");
+                    let Moments::Device { m, v } = moments else {
+                        candle_core::bail!("{name}: optimizer state is on another device");
+                    };
+                    update.device(var, m, v, g, decay)?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// The scalars of one AdamW step (bias corrections folded in).
+struct Update {
+    step_size: f64,
+    bias2_sqrt: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+}
+
+impl Update {
+    /// In place on host vectors, in parallel, in torch's order of operations.
+    fn host(
+        &self,
+        var: &Var,
+        m: &mut [f32],
+        v: &mut [f32],
+        grad: &[f32],
+        decay: f64,
+    ) -> candle_core::Result<()> {
+        let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+        let (decay, step_size) = (decay as f32, self.step_size as f32);
+        let b2 = self.beta2 as f32;
+        let (one_minus_b1, one_minus_b2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
+        let (bias2_sqrt, eps) = (self.bias2_sqrt as f32, self.eps as f32);
+        p.par_iter_mut()
+            .zip(m.par_iter_mut())
+            .zip(v.par_iter_mut())
+            .zip(grad.par_iter())
+            .for_each(|(((p, m), v), &g)| {
+                *p *= decay;
+                // torch: exp_avg.lerp_(grad, 1 - beta1)
+                *m += one_minus_b1 * (g - *m);
+                *v = *v * b2 + one_minus_b2 * g * g;
+                let denom = v.sqrt() / bias2_sqrt + eps;
+                *p -= step_size * (*m / denom);
+            });
+        var.set(&Tensor::from_vec(p, var.shape(), var.device())?)
+    }
+
+    /// The same arithmetic as tensor ops where the parameter lives.
+    fn device(
+        &self,
+        var: &Var,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        grad: &Tensor,
+        decay: f64,
+    ) -> candle_core::Result<()> {
+        *m = ((grad - &*m)? * (1.0 - self.beta1))?.add(m)?;
+        *v = (v.affine(self.beta2, 0.0)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
+        let denom = v.sqrt()?.affine(1.0 / self.bias2_sqrt, self.eps)?;
+        let p = var.as_tensor().affine(decay, 0.0)?;
+        var.set(&(p - (m.div(&denom)? * self.step_size)?)?)
     }
 }
 
@@ -196,10 +400,10 @@ mod tests {
             ),
             ("x.bias".to_string(), Var::new(&[1.0f32], &dev).unwrap()),
         ]);
-        let grads = BTreeMap::from([
+        let grads = Grads::Host(BTreeMap::from([
             ("x.weight".to_string(), vec![0.5f32, -2.0, 0.0]),
             ("x.bias".to_string(), vec![1.0f32]),
-        ]);
+        ]));
         let mut opt = AdamW::new(AdamWConfig {
             beta1: 0.9,
             beta2: 0.999,
@@ -217,5 +421,62 @@ mod tests {
         }
         assert!((b[0] - 0.99).abs() < 1e-6, "bias not decayed: {b:?}");
         assert_eq!(opt.steps, 1);
+    }
+
+    /// The tensor path (what a GPU runs) equals the host path, here both on the CPU: two
+    /// steps with clipping, decay on one tensor only.
+    #[test]
+    fn device_tensor_path_matches_the_host_path() {
+        let dev = Device::Cpu;
+        let init = [0.3f32, -1.2, 0.7, 2.0, -0.1, 0.0];
+        let steps = [
+            [0.5f32, -2.0, 0.1, 4.0, -3.0, 0.2],
+            [-0.4, 1.0, 0.3, 0.0, 2.5, -1.0],
+        ];
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let run = |host: bool| -> (Vec<f32>, Vec<f64>) {
+            let params = BTreeMap::from([
+                ("a.weight".to_string(), Var::new(&init[..3], &dev).unwrap()),
+                ("a.bias".to_string(), Var::new(&init[3..], &dev).unwrap()),
+            ]);
+            let mut opt = AdamW::new(config);
+            let mut norms = vec![];
+            for g in &steps {
+                let mut grads = if host {
+                    Grads::Host(BTreeMap::from([
+                        ("a.weight".to_string(), g[..3].to_vec()),
+                        ("a.bias".to_string(), g[3..].to_vec()),
+                    ]))
+                } else {
+                    Grads::Device(BTreeMap::from([
+                        ("a.weight".to_string(), Tensor::new(&g[..3], &dev).unwrap()),
+                        ("a.bias".to_string(), Tensor::new(&g[3..], &dev).unwrap()),
+                    ]))
+                };
+                norms.push(grads.clip(1.0).unwrap().value().unwrap());
+                opt.step(&params, &grads, 0.01, |n| n.ends_with(".weight"))
+                    .unwrap();
+            }
+            let mut out: Vec<f32> = params["a.weight"].as_tensor().to_vec1().unwrap();
+            out.extend(params["a.bias"].as_tensor().to_vec1::<f32>().unwrap());
+            (out, norms)
+        };
+        let (host, host_norms) = run(true);
+        let (device, device_norms) = run(false);
+        for (a, b) in host.iter().zip(&device) {
+            assert!((a - b).abs() < 1e-6, "{host:?} vs {device:?}");
+        }
+        for (a, b) in host_norms.iter().zip(&device_norms) {
+            assert!(
+                (a - b).abs() / a < 1e-6,
+                "{host_norms:?} vs {device_norms:?}"
+            );
+        }
+        assert!(host != init.to_vec(), "the parameters moved");
     }
 }

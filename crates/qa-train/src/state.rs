@@ -25,7 +25,8 @@ pub struct TrainerState {
     /// Epoch in progress (0-based) and the micro-batches of it already consumed.
     pub epoch: usize,
     pub batches_done: usize,
-    /// Dropout stream: ChaCha8 seed (hex) and word position (decimal; u128 overflows JSON).
+    /// Dropout stream of a CPU run: ChaCha8 seed (hex) and word position (decimal; u128
+    /// overflows JSON). Empty for a GPU run, whose generator is reseeded from the step.
     pub dropout_seed: String,
     pub dropout_word_pos: String,
     pub features_sha256: String,
@@ -36,16 +37,61 @@ pub struct TrainerState {
     pub window_steps: usize,
     pub features_seen: usize,
     pub train_seconds: f64,
+    /// Where the run ran (`cpu`, `cuda:0`); empty in checkpoints from before devices.
+    #[serde(default)]
+    pub device: String,
 }
 
 impl TrainerState {
-    pub fn set_dropout(&mut self, rng: &DropoutRng) {
-        let (seed, pos) = rng.state();
-        self.dropout_seed = seed.iter().map(|b| format!("{b:02x}")).collect();
-        self.dropout_word_pos = pos.to_string();
+    /// The state of a run about to take its first step.
+    pub fn new(total_steps: usize, features_sha256: &str) -> Self {
+        TrainerState {
+            global_step: 0,
+            total_steps,
+            epoch: 0,
+            batches_done: 0,
+            dropout_seed: String::new(),
+            dropout_word_pos: String::new(),
+            features_sha256: features_sha256.into(),
+            loss_sum: 0.0,
+            window_loss_sum: 0.0,
+            window_steps: 0,
+            features_seen: 0,
+            train_seconds: 0.0,
+            device: String::new(),
+        }
     }
 
-    pub fn dropout(&self, path: &Path) -> Result<DropoutRng, TrainError> {
+    /// Records a host stream's position; a device generator's state is the step itself.
+    pub fn set_dropout(&mut self, rng: &DropoutRng) {
+        let (seed, pos) = match rng.state() {
+            Some((seed, pos)) => (
+                seed.iter().map(|b| format!("{b:02x}")).collect(),
+                pos.to_string(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        self.dropout_seed = seed;
+        self.dropout_word_pos = pos;
+    }
+
+    /// The dropout generator to continue with on `device`: the saved host stream on the CPU;
+    /// the device's generator (reseeded each step) on a GPU. A CPU run resumed from a GPU
+    /// checkpoint (no host stream saved) starts a host stream from (seed, step).
+    pub fn dropout(
+        &self,
+        path: &Path,
+        seed: u64,
+        device: &Device,
+    ) -> Result<DropoutRng, TrainError> {
+        if !device.is_cpu() {
+            return Ok(DropoutRng::for_device(seed, device));
+        }
+        if self.dropout_seed.is_empty() {
+            return Ok(DropoutRng::new(
+                seed ^ (self.global_step as u64).rotate_left(32),
+            ));
+        }
         let bad = || TrainError::Resume {
             path: path.into(),
             message: "bad dropout RNG state".into(),
@@ -63,7 +109,7 @@ impl TrainerState {
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
         let path = dir.join(STATE_FILE);
         std::fs::write(&path, serde_json::to_string_pretty(self).expect("json"))
-            .map_err(|e| squad_core::Error::io(&path, e))?;
+            .map_err(|e| squad_core::Error::write(&path, e))?;
         Ok(())
     }
 
@@ -79,49 +125,52 @@ impl TrainerState {
 
 pub fn write_optimizer(opt: &AdamW, dir: &Path) -> Result<(), TrainError> {
     let mut tensors = HashMap::new();
-    for (name, m) in &opt.moments {
-        let n = m.m.len();
-        tensors.insert(
-            format!("exp_avg.{name}"),
-            Tensor::from_slice(&m.m, n, &Device::Cpu)?,
-        );
-        tensors.insert(
-            format!("exp_avg_sq.{name}"),
-            Tensor::from_slice(&m.v, n, &Device::Cpu)?,
-        );
+    for (name, moments) in &opt.moments {
+        let (m, v) = moments.to_cpu()?;
+        tensors.insert(format!("exp_avg.{name}"), m);
+        tensors.insert(format!("exp_avg_sq.{name}"), v);
     }
     let path = dir.join(OPTIMIZER_FILE);
-    candle_core::safetensors::save(&tensors, &path)?;
-    Ok(())
+    candle_core::safetensors::save(&tensors, &path).map_err(|e| TrainError::Write {
+        path,
+        message: e.to_string(),
+    })
 }
 
-pub fn read_optimizer(config: AdamWConfig, steps: u64, dir: &Path) -> Result<AdamW, TrainError> {
+/// The AdamW state of a checkpoint, placed where the run's parameters live.
+pub fn read_optimizer(
+    config: AdamWConfig,
+    steps: u64,
+    dir: &Path,
+    device: &Device,
+) -> Result<AdamW, TrainError> {
     let path = dir.join(OPTIMIZER_FILE);
     let tensors =
         candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| TrainError::Resume {
             path: path.clone(),
             message: e.to_string(),
         })?;
-    let mut moments: BTreeMap<String, Moments> = BTreeMap::new();
+    let mut pairs: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     for (key, t) in tensors {
-        let values: Vec<f32> = t.to_vec1()?;
         if let Some(name) = key.strip_prefix("exp_avg_sq.") {
-            moments.entry(name.into()).or_insert_with(empty).v = values;
+            pairs.entry(name.into()).or_default().1 = Some(t);
         } else if let Some(name) = key.strip_prefix("exp_avg.") {
-            moments.entry(name.into()).or_insert_with(empty).m = values;
+            pairs.entry(name.into()).or_default().0 = Some(t);
         }
     }
     let mut opt = AdamW::new(config);
     opt.steps = steps;
-    opt.moments = moments;
-    Ok(opt)
-}
-
-fn empty() -> Moments {
-    Moments {
-        m: vec![],
-        v: vec![],
+    for (name, pair) in pairs {
+        let (Some(m), Some(v)) = pair else {
+            return Err(TrainError::Resume {
+                path,
+                message: format!("{name}: exp_avg or exp_avg_sq missing"),
+            });
+        };
+        opt.moments
+            .insert(name, Moments::from_tensors(&m, &v, device)?);
     }
+    Ok(opt)
 }
 
 /// Step checkpoints under `dir`, oldest first.
@@ -138,4 +187,66 @@ pub fn list_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
         .collect();
     found.sort();
     found
+}
+
+/// Why a step checkpoint cannot be resumed from, if it cannot: the model checks of
+/// `qa_model::checkpoint::verify` (recorded checksums, headers, shapes), then the trainer
+/// state, the optimizer's header and the training config.
+pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
+    qa_model::checkpoint::verify(dir)?;
+    TrainerState::read(dir).map_err(|e| e.to_string())?;
+    qa_model::checkpoint::safetensors_shapes(&dir.join(OPTIMIZER_FILE))?;
+    squad_core::PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The newest intact checkpoint under `dir` (None when there is no checkpoint at all). Each
+/// damaged newer one gets one warning line and is renamed `damaged-checkpoint-N` (kept for
+/// inspection, out of the way of the run that redoes its steps). All damaged is an error.
+pub fn newest_intact_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
+    let mut all = list_checkpoints(dir);
+    let mut damaged: Vec<(PathBuf, String, PathBuf)> = vec![];
+    while let Some((step, path)) = all.pop() {
+        match verify_checkpoint(&path) {
+            Ok(()) => {
+                for (bad, why, moved) in &damaged {
+                    eprintln!(
+                        "qa-train: warning: {} is damaged ({why}); moved to {}, resuming from {} instead",
+                        bad.display(),
+                        moved.display(),
+                        path.display()
+                    );
+                }
+                return Ok(Some((step, path)));
+            }
+            Err(why) => {
+                let moved = set_aside(&path)?;
+                damaged.push((path, why, moved));
+            }
+        }
+    }
+    match damaged.first() {
+        None => Ok(None),
+        Some((bad, why, moved)) => Err(TrainError::Resume {
+            path: bad.clone(),
+            message: format!(
+                "damaged ({why}; moved to {}) and no older checkpoint is intact; use --overwrite to start over",
+                moved.display()
+            ),
+        }),
+    }
+}
+
+/// Renames a damaged checkpoint to the first free `damaged-checkpoint-N[.k]` beside it.
+fn set_aside(path: &Path) -> Result<PathBuf, TrainError> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut target = path.with_file_name(format!("damaged-{name}"));
+    let mut k = 1;
+    while target.exists() {
+        target = path.with_file_name(format!("damaged-{name}.{k}"));
+        k += 1;
+    }
+    std::fs::rename(path, &target).map_err(|e| squad_core::Error::write(path, e))?;
+    Ok(target)
 }

@@ -140,9 +140,13 @@ fn killed_run_resumes_to_the_same_model_bit_for_bit() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    let pid = child.id();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!killed.join("model").exists(), "killed before the end");
+    // The lock file stays, naming the dead process; the lock itself died with it.
+    let holder = std::fs::read_to_string(killed.join(".lock")).unwrap();
+    assert_eq!(holder.trim(), format!("qa-train (pid {pid})"));
 
     let stdout = run_ok(train_cmd(&i, &killed, &["--epochs", "3", "--resume"]));
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -163,6 +167,89 @@ fn killed_run_resumes_to_the_same_model_bit_for_bit() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(kept.len(), 2, "save_total_limit 2: {kept:?}");
+
+    // Damage the newest checkpoint (a copy cut short): --resume skips it with one warning,
+    // sets it aside, and redoes its steps from the one before, to the same model.
+    let newest = killed.join("checkpoints/checkpoint-27");
+    let weights = newest.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    std::fs::remove_dir_all(killed.join("model")).unwrap();
+    let out = train_cmd(&i, &killed, &["--epochs", "3", "--resume"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("checkpoint-27")
+            && warnings[0].contains("model.safetensors")
+            && warnings[0].contains("checkpoint-24"),
+        "names the damaged checkpoint, the file and the one used: {err}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["resumed_from_step"], 24, "{summary}");
+    assert!(killed.join("checkpoints/damaged-checkpoint-27").exists());
+    let got = std::fs::read(killed.join("model/model.safetensors")).unwrap();
+    assert!(
+        got == expected,
+        "resumed past a damaged checkpoint: model differs"
+    );
+    assert_eq!(steps_logged(&killed), (1..=27).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_second_run_on_the_same_directory_is_refused_while_the_first_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let run = tmp.path().join("run");
+    // As a second `make train` would: both with --overwrite.
+    let args = ["--epochs", "8", "--overwrite"];
+    let mut first = train_cmd(&i, &run, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !run.join("checkpoints/checkpoint-3").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint-3"
+        );
+        assert!(first.try_wait().unwrap().is_none(), "first run ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = train_cmd(&i, &run, &args).output().unwrap();
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run must still be running for this test to mean anything"
+    );
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("in use by qa-train (pid {})", first.id()))
+            && err.contains("--resume"),
+        "{err}"
+    );
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for line in log.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("metrics.jsonl line {line:?}: {e}"));
+    }
+    assert_eq!(steps_logged(&run), (1..=72).collect::<Vec<_>>());
 }
 
 #[test]

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 pub struct PipelineConfig {
     /// Name of the run; outputs go to `runs/<name>/`.
     pub name: String,
+    /// Where qa-train and qa-eval run the model: `cpu`, `cuda` or `cuda:N` (a GPU needs the
+    /// CUDA build, `make build-cuda`). `--device` overrides it.
+    pub device: String,
     pub data: DataConfig,
     pub model: ModelConfig,
     pub features: FeaturesConfig,
@@ -28,6 +31,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             name: "default".into(),
+            device: "cpu".into(),
             data: DataConfig::default(),
             model: ModelConfig::default(),
             features: FeaturesConfig::default(),

@@ -70,9 +70,11 @@ where
     let mut tmp = builder
         .tempfile_in(parent)
         .map_err(|e| Error::io(parent, e))?;
-    write(tmp.as_file_mut()).map_err(|e| Error::io(path, e))?;
-    tmp.as_file_mut().flush().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    write(tmp.as_file_mut()).map_err(|e| Error::write(path, e))?;
+    tmp.as_file_mut()
+        .flush()
+        .map_err(|e| Error::write(path, e))?;
+    tmp.persist(path).map_err(|e| Error::write(path, e.error))?;
     Ok(())
 }
 

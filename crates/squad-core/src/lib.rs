@@ -8,6 +8,7 @@ pub mod exit;
 pub mod features;
 pub mod fsutil;
 pub mod hub;
+pub mod lock;
 pub mod metric;
 pub mod parquet_io;
 pub mod postprocess;

@@ -1,0 +1,619 @@
+//! The training loop as a small trainer that reads top to bottom: `prepare` (a fresh start or
+//! the newest intact checkpoint), `run` (epochs of `step`s, logging, checkpoints, evaluation at
+//! each epoch's end), `finish` (the final model and summary). The device is chosen once in
+//! `prepare` and travels with the parameters, the optimizer state and each batch.
+//!
+//! A step leaves its loss and gradient norm where they were computed. On the CPU they are
+//! read at once; on a GPU they are read at logging and checkpoint steps only (`flush`), so
+//! the host never waits on the device in between.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use qa_eval::evaluate::{evaluate_model, write_outputs, EvalSet};
+use qa_model::checkpoint::save_with;
+use qa_model::loss::qa_loss;
+use qa_model::params::decays;
+use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint, DropoutRng, Params};
+use squad_core::postprocess::PostprocessConfig;
+use squad_core::{Feature, PipelineConfig};
+
+use crate::metrics_log::MetricsLog;
+use crate::optim::{AdamW, AdamWConfig, Grads, LinearSchedule, Scalar};
+use crate::state::{self, list_checkpoints, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
+use crate::{
+    labels, order, peak_rss_mib, record, resume_compatible, steps_per_epoch, TrainError,
+    TrainOptions, TrainSummary,
+};
+
+/// What training reads besides the model: the features, their order, the eval set.
+pub(crate) struct Inputs {
+    pub features: Vec<Feature>,
+    pub features_sha256: String,
+    pub lengths: Vec<usize>,
+    pub recorded_order: Option<Vec<usize>>,
+    pub eval_set: Option<EvalSet>,
+    /// The features' max_length (from their metadata).
+    pub max_length: Option<usize>,
+}
+
+impl Inputs {
+    /// The micro-batches (feature indices) of `epoch`.
+    fn epoch_batches(
+        &self,
+        config: &PipelineConfig,
+        epoch: usize,
+    ) -> Result<Vec<Vec<usize>>, TrainError> {
+        let tc = &config.train;
+        match &self.recorded_order {
+            Some(o) => order::replayed_batches(o, self.features.len(), tc.batch_size, epoch)
+                .map_err(|message| TrainError::Input {
+                    path: tc.data_order.clone().unwrap_or_default(),
+                    message,
+                }),
+            None => Ok(order::epoch_batches(
+                &self.lengths,
+                tc.batch_size,
+                tc.seed,
+                epoch,
+                tc.group_by_length,
+            )),
+        }
+    }
+}
+
+/// The shape of the run: how many steps, how they are batched and the learning rates.
+struct Plan {
+    accumulation: usize,
+    total_steps: usize,
+    epochs: usize,
+    schedule: LinearSchedule,
+    pad_to: Option<usize>,
+}
+
+impl Plan {
+    fn new(config: &PipelineConfig, features: usize) -> Self {
+        let tc = &config.train;
+        let batches_per_epoch = features.div_ceil(tc.batch_size.max(1));
+        let accumulation = tc.gradient_accumulation_steps.max(1);
+        let per_epoch = steps_per_epoch(batches_per_epoch, accumulation);
+        let total_steps = tc.max_steps.unwrap_or(per_epoch * tc.epochs);
+        Plan {
+            accumulation,
+            total_steps,
+            epochs: total_steps.div_ceil(per_epoch),
+            schedule: LinearSchedule::new(
+                tc.learning_rate,
+                total_steps,
+                tc.warmup_steps,
+                tc.warmup_ratio,
+            ),
+            pad_to: tc.pad_to_max_length.then_some(config.features.max_length),
+        }
+    }
+}
+
+/// A finished step whose loss and gradient norm may still be on the device.
+struct PendingStep {
+    step: usize,
+    epoch: usize,
+    /// Fractional epoch at the end of the step (for the log).
+    epoch_position: f64,
+    loss: Scalar,
+    grad_norm: Scalar,
+    lr: f64,
+}
+
+/// Progress for a terminal (a bar) or a log file (a plain line per logging window).
+struct Progress {
+    bar: ProgressBar,
+    lines: bool,
+}
+
+impl Progress {
+    fn new(enabled: bool, total_steps: usize, at: usize) -> Self {
+        let bar = if enabled {
+            ProgressBar::new(total_steps as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+                .expect("template"),
+        );
+        bar.set_position(at as u64);
+        // Under make, cron or a batch scheduler stderr is a log file, where indicatif draws
+        // nothing: print a plain line per logging window there instead.
+        let lines = enabled && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Progress { bar, lines }
+    }
+
+    fn say(&self, line: &str) {
+        self.bar.suspend(|| eprintln!("qa-train: {line}"));
+    }
+}
+
+pub(crate) struct Trainer<'a> {
+    opts: &'a TrainOptions,
+    config: &'a PipelineConfig,
+    device: Device,
+    plan: Plan,
+    checkpoints_dir: PathBuf,
+    tokenizer_src: PathBuf,
+    bert: qa_model::BertConfig,
+    params: Params,
+    model: BertForQuestionAnswering,
+    optimizer: AdamW,
+    state: TrainerState,
+    dropout: DropoutRng,
+    log: MetricsLog,
+    last_checkpoint: Option<PathBuf>,
+    resumed_from_step: Option<usize>,
+    pending: Vec<PendingStep>,
+    /// Features and wall time since the last flush (the logged throughput).
+    window: (usize, Instant),
+    progress: Progress,
+    last_eval: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Loads the base model (or the newest intact checkpoint with `--resume`) onto `device`,
+    /// with the optimizer, dropout generator and metrics log to continue with.
+    pub fn prepare(
+        opts: &'a TrainOptions,
+        inputs: &Inputs,
+        device: Device,
+        resume_from: Option<(usize, PathBuf)>,
+    ) -> Result<Self, TrainError> {
+        let config = &opts.config;
+        let tc = &config.train;
+        let plan = Plan::new(config, inputs.features.len());
+        let ck = load_checkpoint(opts, resume_from.as_ref(), &device)?;
+        let max_position = ck.config.max_position_embeddings;
+        if inputs.max_length.is_some_and(|l| l > max_position) {
+            return Err(TrainError::Input {
+                path: opts.features.clone(),
+                message: format!(
+                    "max_length exceeds the model's max_position_embeddings ({max_position})"
+                ),
+            });
+        }
+        if let (Some(set), false) = (&inputs.eval_set, opts.random_init) {
+            set.check_tokenizer(&ck.dir)?;
+        }
+        let adam = AdamWConfig {
+            beta1: tc.adam_beta1,
+            beta2: tc.adam_beta2,
+            eps: tc.adam_epsilon,
+            weight_decay: tc.weight_decay,
+        };
+        let dropout_seed = tc.seed.wrapping_add(1);
+        let metrics = opts.output.join("metrics.jsonl");
+        let device_name = qa_model::device::name(&device);
+        let (state, optimizer, dropout, log) = match &resume_from {
+            Some((step, dir)) => {
+                let state = TrainerState::read(dir)?;
+                if state.features_sha256 != inputs.features_sha256 {
+                    return Err(TrainError::Resume {
+                        path: dir.clone(),
+                        message: format!(
+                            "was trained on other features than {}",
+                            opts.features.display()
+                        ),
+                    });
+                }
+                if !state.device.is_empty() && kind(&state.device) != kind(&device_name) {
+                    eprintln!(
+                        "qa-train: warning: {} was saved by a run on {}; continuing on {device_name} (not bit-exact)",
+                        dir.display(),
+                        state.device
+                    );
+                }
+                let optimizer = state::read_optimizer(adam, *step as u64, dir, &device)?;
+                let dropout = state.dropout(dir, dropout_seed, &device)?;
+                (
+                    state,
+                    optimizer,
+                    dropout,
+                    MetricsLog::resume(&metrics, *step)?,
+                )
+            }
+            None => {
+                let dropout = DropoutRng::for_device(dropout_seed, &device);
+                let mut state = TrainerState::new(plan.total_steps, &inputs.features_sha256);
+                state.set_dropout(&dropout);
+                (
+                    state,
+                    AdamW::new(adam),
+                    dropout,
+                    MetricsLog::create(&metrics)?,
+                )
+            }
+        };
+        config.save(&opts.output.join("config.yaml"))?;
+        let progress = Progress::new(opts.progress, plan.total_steps, state.global_step);
+        let Checkpoint {
+            dir: tokenizer_src,
+            config: bert,
+            params,
+            model,
+            ..
+        } = ck;
+        let mut state = state;
+        state.device = device_name;
+        Ok(Trainer {
+            opts,
+            config,
+            device,
+            plan,
+            checkpoints_dir: opts.output.join("checkpoints"),
+            tokenizer_src,
+            bert,
+            params,
+            model,
+            optimizer,
+            state,
+            dropout,
+            log,
+            last_checkpoint: resume_from.as_ref().map(|(_, d)| d.clone()),
+            resumed_from_step: resume_from.map(|(s, _)| s),
+            pending: vec![],
+            window: (0, Instant::now()),
+            progress,
+            last_eval: None,
+        })
+    }
+
+    /// Every remaining step of every remaining epoch.
+    pub fn run(&mut self, inputs: &Inputs) -> Result<(), TrainError> {
+        let config: &'a PipelineConfig = self.config;
+        let tc = &config.train;
+        while self.state.epoch < self.plan.epochs {
+            let epoch = self.state.epoch;
+            let batches = inputs.epoch_batches(config, epoch)?;
+            while self.state.batches_done < batches.len()
+                && self.state.global_step < self.plan.total_steps
+            {
+                let from = self.state.batches_done;
+                let group = &batches[from..(from + self.plan.accumulation).min(batches.len())];
+                let started = Instant::now();
+                let step = self.step(&inputs.features, group)?;
+                let s = &mut self.state;
+                s.global_step += 1;
+                s.batches_done += group.len();
+                s.features_seen += step.1;
+                self.window.0 += step.1;
+                self.pending.push(PendingStep {
+                    step: s.global_step,
+                    epoch,
+                    epoch_position: epoch as f64 + s.batches_done as f64 / batches.len() as f64,
+                    loss: step.0.loss,
+                    grad_norm: step.0.grad_norm,
+                    lr: step.0.lr,
+                });
+                let n = s.global_step;
+                let at_end = n == self.plan.total_steps;
+                let log_now = tc.logging_steps > 0 && (n % tc.logging_steps == 0 || at_end);
+                let save_now = tc.save_steps > 0 && n % tc.save_steps == 0 && !at_end;
+                if self.device.is_cpu() || log_now || save_now {
+                    self.flush()?;
+                }
+                self.state.train_seconds += started.elapsed().as_secs_f64();
+                self.progress.bar.set_position(n as u64);
+                if save_now {
+                    self.save_checkpoint()?;
+                }
+            }
+            self.end_epoch(inputs, epoch, batches.len())?;
+        }
+        Ok(())
+    }
+
+    /// One optimizer step over `group` (one or more micro-batches of feature indices):
+    /// forward, loss, backward, accumulated gradients, clipping, AdamW. Returns what the step
+    /// measured and how many features it saw.
+    fn step(
+        &mut self,
+        features: &[Feature],
+        group: &[Vec<usize>],
+    ) -> Result<(StepResult, usize), TrainError> {
+        let config: &'a PipelineConfig = self.config;
+        let tc = &config.train;
+        let on_host = self.device.is_cpu();
+        self.dropout.begin_step(self.state.global_step)?;
+        let mut grads: Option<Grads> = None;
+        let mut losses = vec![];
+        let mut seen = 0;
+        for indices in group {
+            let batch_feats: Vec<&Feature> = indices.iter().map(|&i| &features[i]).collect();
+            let batch = make_batch(&batch_feats, self.plan.pad_to, &self.device)?;
+            let rng = tc.dropout.then_some(&mut self.dropout);
+            let (start, end) = self.model.forward(&batch, rng)?;
+            let (starts, ends) = labels(&batch_feats);
+            let (loss, _, _) = qa_loss(&start, &end, &starts, &ends)?;
+            let loss = (loss / self.plan.accumulation as f64)?;
+            let g = Grads::from_store(&loss.backward()?, &self.params.vars, on_host)?;
+            match grads.as_mut() {
+                None => grads = Some(g),
+                Some(acc) => acc.add(g)?,
+            }
+            losses.push(loss.detach());
+            seen += batch_feats.len();
+        }
+        let mut grads = grads.expect("at least one micro-batch");
+        let grad_norm = grads.clip(tc.max_grad_norm)?;
+        let lr = self.plan.schedule.lr(self.state.global_step);
+        self.optimizer.step(&self.params.vars, &grads, lr, decays)?;
+        let loss = if on_host {
+            let mut sum = 0f64;
+            for l in &losses {
+                sum += l.to_scalar::<f32>()? as f64;
+            }
+            Scalar::Host(sum)
+        } else {
+            Scalar::Device(Tensor::stack(&losses, 0)?.sum_all()?)
+        };
+        Ok((
+            StepResult {
+                loss,
+                grad_norm,
+                lr,
+            },
+            seen,
+        ))
+    }
+
+    /// Reads the pending steps' numbers (waiting for the device), stops on a non-finite loss
+    /// or gradient norm, adds them to the running sums and logs the logging steps.
+    fn flush(&mut self) -> Result<(), TrainError> {
+        let config: &'a PipelineConfig = self.config;
+        let tc = &config.train;
+        let pending = std::mem::take(&mut self.pending);
+        let mut values = Vec::with_capacity(pending.len());
+        for p in &pending {
+            values.push((p.loss.value()?, p.grad_norm.value()?));
+        }
+        let speed = self.window.0 as f64 / self.window.1.elapsed().as_secs_f64().max(1e-9);
+        self.window = (0, Instant::now());
+        for (p, (loss, grad_norm)) in pending.iter().zip(values) {
+            for (what, value) in [("loss", loss), ("gradient norm", grad_norm)] {
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        what,
+                        value,
+                        step: p.step,
+                        epoch: p.epoch + 1,
+                        last: self.last_good(),
+                    });
+                }
+            }
+            let s = &mut self.state;
+            s.loss_sum += loss;
+            s.window_loss_sum += loss;
+            s.window_steps += 1;
+            self.progress.bar.set_message(format!(
+                "loss {loss:.4}  lr {:.3e}  {speed:.2} features/s",
+                p.lr
+            ));
+            let total = self.plan.total_steps;
+            if tc.logging_steps > 0 && (p.step % tc.logging_steps == 0 || p.step == total) {
+                let window_loss = s.window_loss_sum / s.window_steps.max(1) as f64;
+                let record = record! {
+                    "step" => p.step,
+                    "epoch" => p.epoch_position,
+                    "loss" => window_loss,
+                    "grad_norm" => grad_norm,
+                    "learning_rate" => p.lr,
+                    "features_per_second" => speed,
+                    "train_seconds" => s.train_seconds,
+                };
+                s.window_loss_sum = 0.0;
+                s.window_steps = 0;
+                let eta = s.train_seconds / p.step as f64 * (total - p.step) as f64;
+                self.log.append(record)?;
+                if self.progress.lines {
+                    eprintln!(
+                        "qa-train: step {}/{total}  loss {window_loss:.4}  lr {:.3e}  {speed:.2} features/s  eta {eta:.0}s",
+                        p.step, p.lr
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// End of an epoch (or of max_steps): save, then evaluate (HF: evaluation_strategy
+    /// "epoch"). A run killed during the evaluation resumes here and redoes it.
+    fn end_epoch(
+        &mut self,
+        inputs: &Inputs,
+        epoch: usize,
+        batches: usize,
+    ) -> Result<(), TrainError> {
+        self.flush()?;
+        let finished = self.state.global_step >= self.plan.total_steps;
+        if !finished && self.state.batches_done < batches {
+            return Ok(());
+        }
+        if finished {
+            self.state.epoch = self.plan.epochs - 1;
+        }
+        let step = self.state.global_step;
+        let already_saved = self
+            .last_checkpoint
+            .as_ref()
+            .is_some_and(|d| d.ends_with(format!("{CHECKPOINT_PREFIX}{step}")));
+        if !already_saved {
+            self.save_checkpoint()?;
+        }
+        if let Some(set) = &inputs.eval_set {
+            self.evaluate(set, epoch)?;
+        }
+        self.state.epoch += 1;
+        self.state.batches_done = 0;
+        self.window = (0, Instant::now());
+        Ok(())
+    }
+
+    fn evaluate(&mut self, set: &EvalSet, epoch: usize) -> Result<(), TrainError> {
+        self.progress
+            .say(&format!("evaluating after epoch {}", epoch + 1));
+        let ev = &self.config.eval;
+        let pp = PostprocessConfig {
+            n_best_size: ev.n_best_size,
+            max_answer_length: ev.max_answer_length,
+            version_2_with_negative: ev.version_2_with_negative || set.squad_v2,
+            null_score_diff_threshold: ev.null_score_diff_threshold,
+        };
+        let evaluation = evaluate_model(&self.model, set, ev.batch_size, &pp, false)?;
+        let dir = self
+            .opts
+            .output
+            .join("eval")
+            .join(format!("epoch-{}", epoch + 1));
+        let report = write_outputs(&evaluation, set, &dir)?;
+        let metrics = serde_json::Value::Object(report.metrics.clone());
+        self.progress
+            .say(&format!("epoch {} eval: {metrics}", epoch + 1));
+        self.log.append(record! {
+            "step" => self.state.global_step,
+            "epoch" => (epoch + 1) as f64,
+            "eval" => report.metrics,
+            "eval_features_per_second" => report.features_per_second,
+        })?;
+        self.last_eval = Some(evaluation.metrics);
+        Ok(())
+    }
+
+    /// Saves `checkpoints/checkpoint-<step>` atomically and prunes old ones.
+    fn save_checkpoint(&mut self) -> Result<(), TrainError> {
+        let dir = self
+            .checkpoints_dir
+            .join(format!("{CHECKPOINT_PREFIX}{}", self.state.global_step));
+        self.state.set_dropout(&self.dropout);
+        let (state, optimizer) = (&self.state, &self.optimizer);
+        self.save_model(&dir, |tmp| state::write_optimizer(optimizer, tmp), state)?;
+        self.last_checkpoint = Some(dir);
+        let all = list_checkpoints(&self.checkpoints_dir);
+        let keep = self.config.train.save_total_limit.max(1);
+        for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+            let _ = std::fs::remove_dir_all(old);
+        }
+        self.window = (0, Instant::now());
+        Ok(())
+    }
+
+    /// An HF checkpoint directory with the trainer state, the config and whatever `extra`
+    /// writes, renamed into place only when complete.
+    fn save_model(
+        &self,
+        dir: &Path,
+        extra: impl FnOnce(&Path) -> Result<(), TrainError>,
+        state: &TrainerState,
+    ) -> Result<(), TrainError> {
+        let yaml = self.config.to_yaml();
+        save_with(
+            dir,
+            &self.bert,
+            &self.params,
+            Some(&self.tokenizer_src),
+            |tmp| {
+                let to_model_error = |e: TrainError| qa_model::ModelError::Checkpoint {
+                    path: tmp.into(),
+                    message: e.to_string(),
+                };
+                state.write(tmp).map_err(to_model_error)?;
+                extra(tmp).map_err(to_model_error)?;
+                std::fs::write(tmp.join(CONFIG_FILE), &yaml)
+                    .map_err(|e| qa_model::ModelError::io(tmp.join(CONFIG_FILE), "write", e))
+            },
+        )?;
+        Ok(())
+    }
+
+    fn last_good(&self) -> String {
+        self.last_checkpoint
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
+    }
+
+    /// The final model (`OUTPUT/model`), the training curve and `train_summary.json`.
+    pub fn finish(mut self, inputs: &Inputs) -> Result<TrainSummary, TrainError> {
+        self.progress.bar.finish_and_clear();
+        let s = &self.state;
+        let summary = TrainSummary {
+            steps: s.global_step,
+            epochs: self.plan.epochs,
+            features: inputs.features.len(),
+            train_loss: s.loss_sum / s.global_step.max(1) as f64,
+            train_seconds: s.train_seconds,
+            train_features_per_second: s.features_seen as f64 / s.train_seconds.max(1e-9),
+            resumed_from_step: self.resumed_from_step,
+            model: self.opts.output.join("model"),
+            device: s.device.clone(),
+            eval: self.last_eval.take(),
+            peak_rss_mib: peak_rss_mib(),
+        };
+        self.log.append(record! {
+            "step" => s.global_step,
+            "done" => true,
+            "train_loss" => summary.train_loss,
+            "train_seconds" => summary.train_seconds,
+            "train_features_per_second" => summary.train_features_per_second,
+        })?;
+        self.save_model(&summary.model, |_| Ok(()), &self.state)?;
+        let output = &self.opts.output;
+        if let Err(e) =
+            crate::plot::training_curve(&self.log.records, &output.join("training_curve.svg"))
+        {
+            eprintln!("qa-train: warning: no training curve: {e}");
+        }
+        squad_core::fsutil::write_atomic_bytes(
+            &output.join("train_summary.json"),
+            serde_json::to_string_pretty(&summary)
+                .expect("json")
+                .as_bytes(),
+        )?;
+        Ok(summary)
+    }
+}
+
+/// What one optimizer step measured (possibly still on the device).
+struct StepResult {
+    loss: Scalar,
+    grad_norm: Scalar,
+    lr: f64,
+}
+
+/// `cuda:1` → `cuda`: runs resume bit-exactly on the same kind of device.
+fn kind(device: &str) -> &str {
+    device.split(':').next().unwrap_or(device)
+}
+
+/// The model to start from: the resumed checkpoint, a random init, or the base checkpoint.
+fn load_checkpoint(
+    opts: &TrainOptions,
+    resume_from: Option<&(usize, PathBuf)>,
+    device: &Device,
+) -> Result<Checkpoint, TrainError> {
+    let config = &opts.config;
+    let seed = config.train.seed;
+    Ok(match resume_from {
+        Some((_, dir)) => {
+            let saved = PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))?;
+            if !resume_compatible(&saved, config) {
+                return Err(TrainError::Resume {
+                    path: dir.clone(),
+                    message: "was made with other model/features/train settings; use --overwrite to start over".into(),
+                });
+            }
+            Checkpoint::load(dir.to_str().expect("utf-8 path"), seed, device)?
+        }
+        None if opts.random_init => {
+            Checkpoint::random(Path::new(&config.model.name_or_path), seed, device)?
+        }
+        None => Checkpoint::load(&config.model.name_or_path, seed, device)?,
+    })
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# GPU check: run from the repo root on a machine with an NVIDIA GPU and the carried bundle
+# (scripts/gpu_bundle.sh), no cargo needed. Prints one table:
+#   1. parity, CUDA vs CPU: eval logits (1e-3), first-step loss and grad norm (1e-3 relative),
+#      weights after one AdamW step (1e-4);
+#   2. speed at the seed settings (fp32, padded to 384, batch 8) on a fixed slice, ours and
+#      ../shared/ref/ref_train.py --cuda on the same slice; eval throughput on the full dev set;
+#   3. quality: the seed settings on the largest slice of train-v1.1 that fits the time left
+#      (all of it when it fits), both ours and PyTorch, then EM/F1 on the full dev-v1.1.
+# GPU_CHECK_BUDGET_S (default 480) bounds the whole check; SPEED_QUESTIONS (default 4000)
+# sizes the speed slice. Logs and outputs: $GPU_CHECK_DIR (default /tmp/gpu-check).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-480}
+SPEED_Q=${SPEED_QUESTIONS:-4000}
+BUNDLE=${GPU_BUNDLE:-gpu-bundle}
+W=${GPU_CHECK_DIR:-/tmp/gpu-check}
+rm -rf "$W"; mkdir -p "$W/bin" "$W/logs"
+TABLE="$W/table.tsv"
+printf 'check\tours (cuda)\treference\tgoal\tresult\n' > "$TABLE"
+row() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$TABLE"; }
+elapsed() { echo $(( $(date +%s) - START )); }
+# run NAME CMD...: logs to $W/logs/NAME.log; on failure the log's tail goes to stderr.
+run() {
+  local name=$1; shift
+  local t0=$(date +%s.%N)
+  if "$@" > "$W/logs/$name.log" 2>&1; then
+    echo "gpu_check: $name ok ($(python3 -c "print(round($(date +%s.%N)-$t0,1))") s, at $(elapsed) s)" >&2
+  else
+    echo "gpu_check: $name FAILED; log tail:" >&2; tail -5 "$W/logs/$name.log" >&2; return 1
+  fi
+}
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
+last_json() { tail -1 "$1" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(eval(sys.argv[1], {}, {'d': d}))" "$2"; }
+finish() { echo; column -t -s $'\t' "$TABLE"; echo "gpu_check: done in $(elapsed) s"; exit 0; }
+
+for f in "$BUNDLE"/bin/*.xz; do xz -dc "$f" > "$W/bin/$(basename "$f" .xz)"; done
+chmod +x "$W"/bin/*
+B=$W/bin
+NVLIB=$(python3 -c 'import nvidia,os;print(os.path.join(list(nvidia.__path__)[0],"cu13","lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH="$NVLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+GPU=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+TORCH=$(python3 -c 'import torch,transformers;print(torch.__version__, transformers.__version__)' 2>/dev/null)
+echo "gpu_check: $GPU; torch/transformers $TORCH; $(nproc) cores" >&2
+row "machine" "$GPU" "torch $TORCH" "" ""
+
+# The model in f32 for both sides (the bundle carries f16; qa-train would upcast it too).
+M=$W/minilm32; mkdir -p "$M"
+cp "$BUNDLE"/model/*.json "$BUNDLE"/model/*.txt "$M"/ 2>/dev/null
+python3 - "$BUNDLE/model/model.safetensors" "$M/model.safetensors" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+t = load_file(sys.argv[1])
+save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}, sys.argv[2])
+PY
+TRAIN_JSON=$BUNDLE/data/train-v1.1.reconstructed.json.gz
+DEV_JSON=$BUNDLE/data/dev-v1.1.json.gz
+
+# examples + features: features NAME SPLIT(train|dev) JSON [LIMIT]
+features() {
+  local name=$1 split=$2 json=$3 limit=${4:-}
+  local fsplit=$([ "$split" = dev ] && echo eval || echo train)
+  run "ingest-$name" "$B/squad-ingest" --split "$split" --input "$json" --output "$W/$name.examples.parquet" ${limit:+--limit $limit} &&
+  run "features-$name" "$B/qa-features" --examples "$W/$name.examples.parquet" --tokenizer "$M" --split "$fsplit" --output "$W/$name.features.parquet"
+}
+features dev100 dev "$DEV_JSON" 100
+features dev dev "$DEV_JSON"
+features speed train "$TRAIN_JSON" "$SPEED_Q"
+
+# --- 1. parity -----------------------------------------------------------------------------
+for d in cpu cuda; do
+  run "eval-$d" "$B/qa-eval" --model "$M" --features "$W/dev100.features.parquet" --examples "$W/dev100.examples.parquet" --output "$W/parity-eval-$d" --device $d --quiet
+  run "step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-step-$d" --device $d \
+    --max-steps 1 --no-dropout --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet
+done
+diff=$("$B/qa-eval" compare-logits "$W/parity-eval-cpu/eval_logits.parquet" "$W/parity-eval-cuda/eval_logits.parquet" --tolerance 1e-3 2>&1 | tail -1)
+row "parity: eval logits, max |cuda-cpu| (100 dev questions)" "$(echo "$diff" | python3 -c 'import json,sys;print("%.2e" % json.loads(sys.stdin.read())["max_abs_diff"])' 2>/dev/null || echo "$diff")" "" "<= 1e-3" "$(echo "$diff" | grep -q '"within":true' && echo PASS || echo FAIL)"
+python3 - "$W/parity-step-cpu" "$W/parity-step-cuda" >> "$TABLE" <<'PY' || echo "parity: one step	error		" >> "$TABLE"
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+cpu, gpu = sys.argv[1], sys.argv[2]
+def first(run):
+    return next(json.loads(l) for l in open(run + "/metrics.jsonl") if '"loss"' in l)
+a, b = first(cpu), first(gpu)
+for key, name in (("loss", "first-step loss"), ("grad_norm", "first-step grad norm")):
+    rel = abs(a[key] - b[key]) / abs(a[key])
+    print(f"parity: {name} (cuda {b[key]:.6f}, cpu {a[key]:.6f})\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
+wa, wb = load_file(cpu + "/model/model.safetensors"), load_file(gpu + "/model/model.safetensors")
+worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+print(f"parity: weights after one AdamW step, max |cuda-cpu|\t{worst:.2e}\t\t<= 1e-4\t{'PASS' if worst <= 1e-4 else 'FAIL'}")
+PY
+
+# --- 2. speed --------------------------------------------------------------------------------
+SEED_FLAGS="--pad-to-max-length --batch-size 8 --learning-rate 2e-5 --logging-steps 50 --save-steps 0 --quiet"
+ours_speed=0; ref_speed=0
+if run train-speed "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed" --device cuda $SEED_FLAGS; then
+  ours_speed=$(json "$W/speed/train_summary.json" 'round(d["train_features_per_second"],1)')
+  nfeat=$(json "$W/speed/train_summary.json" 'd["features"]')
+fi
+if run ref-speed python3 "$BUNDLE/ref/ref_train.py" --cuda --model "$M" --train-file "$TRAIN_JSON" --dev-file "$DEV_JSON" \
+     --train-limit "$SPEED_Q" --eval-limit 100 --logging-steps 50 --out "$W/ref-speed"; then
+  ref_speed=$(last_json "$W/logs/ref-speed.log" 'round(d["train_features_per_s"],1)')
+fi
+ratio=$(python3 -c "print(round($ours_speed/$ref_speed,2) if $ref_speed else 'n/a')")
+row "speed: train features/s, fp32, pad 384, batch 8 (${nfeat:-?} features)" "$ours_speed" "$ref_speed" ">= 1.0x" "${ratio}x"
+if run eval-speed "$B/qa-eval" --model "$M" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/eval-speed" --device cuda --batch-size 8 --quiet; then
+  ours_eval=$(json "$W/eval-speed/metrics.json" 'round(d["features_per_second"],1)')
+else ours_eval=0; fi
+
+# --- 3. quality: the largest slice of train-v1.1 that fits ----------------------------------
+left=$(( BUDGET - $(elapsed) - 90 ))   # 90 s: features, two full-dev evals, the summary
+q=$(python3 -c "
+o, r = float('$ours_speed' or 0), float('$ref_speed' or 0)
+print(0 if o <= 0 or r <= 0 else min(87599, int($left / (1.01 / o + 1.01 / r))))")
+echo "gpu_check: quality slice: $q questions ($left s left)" >&2
+if [ "$q" -ge 1000 ]; then
+  features quality train "$TRAIN_JSON" "$q"
+  if run train-quality "$B/qa-train" --model "$M" --features "$W/quality.features.parquet" --output "$W/quality" --device cuda $SEED_FLAGS \
+     && run eval-quality "$B/qa-eval" --model "$W/quality/model" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/quality/eval" --device cuda --batch-size 8 --quiet; then
+    ours_q=$(json "$W/quality/eval/metrics.json" '"EM %.2f / F1 %.2f" % (d["metrics"]["exact_match"], d["metrics"]["f1"])')
+    ours_t=$(json "$W/quality/train_summary.json" '"%.0f s, %.1f features/s" % (d["train_seconds"], d["train_features_per_second"])')
+  fi
+  if run ref-quality python3 "$BUNDLE/ref/ref_train.py" --cuda --model "$M" --train-file "$TRAIN_JSON" --dev-file "$DEV_JSON" \
+       --train-limit "$q" --eval-limit 100000 --logging-steps 50 --out "$W/ref-quality"; then
+    ref_q=$(last_json "$W/logs/ref-quality.log" '"EM %.2f / F1 %.2f" % (d["exact_match"], d["f1"])')
+    ref_t=$(last_json "$W/logs/ref-quality.log" '"%.0f s, %.1f features/s" % (d["train_wall_s"], d["train_features_per_s"])')
+    ref_eval=$(last_json "$W/logs/ref-quality.log" 'round(d["eval_features_per_s"],1)')
+  fi
+  row "quality: train on the first $q questions (1 epoch)" "${ours_t:-failed}" "${ref_t:-failed}" "" ""
+  row "quality: EM/F1 on the full dev-v1.1" "${ours_q:-failed}" "${ref_q:-failed}" "F1 within 1.0" ""
+fi
+row "speed: eval features/s, full dev-v1.1, batch 8" "${ours_eval:-0}" "${ref_eval:-n/a}" ">= 1.0x" "$(python3 -c "print(str(round(${ours_eval:-0}/${ref_eval}, 2))+'x' if '${ref_eval:-}' else 'n/a')" 2>/dev/null)"
+finish
