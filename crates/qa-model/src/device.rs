@@ -27,12 +27,19 @@ pub fn device(name: &str) -> Result<Device> {
     if !cfg!(feature = "cuda") {
         return Err(bad(CUDA_BUILD_HINT.into()));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
+    let device = Device::new_cuda(ordinal).map_err(|e| {
         let first_line = e.to_string().lines().next().unwrap_or_default().to_string();
         bad(format!(
             "no usable CUDA GPU {ordinal} on this machine (driver or GPU missing?): {first_line}"
         ))
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = &device {
+        // Everything runs on candle's one stream, so cudarc's per-allocation CUDA events
+        // (cross-stream synchronisation) are pure overhead: two event creations per tensor.
+        unsafe { cuda.disable_event_tracking() };
+    }
+    Ok(device)
 }
 
 /// `cpu` or `cuda:N`, for logs and metadata.

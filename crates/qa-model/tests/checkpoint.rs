@@ -178,3 +178,61 @@ fn broken_checkpoints_are_clear_errors() {
     let err = load(std::path::Path::new("no-such-user/no-such-model"));
     assert!(err.contains("make model"), "{err}");
 }
+
+/// Hub checkpoints are often stored in f16 or bf16: they load as f32 (the values the half
+/// type holds, exactly), and the model runs as from an f32 copy of them.
+#[test]
+fn half_precision_checkpoints_load_as_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    let params = tiny_checkpoint(&dir);
+    for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
+        let half: HashMap<String, Tensor> = params
+            .tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_dtype(dtype).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&half, dir.join("model.safetensors")).unwrap();
+        let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &Device::Cpu).unwrap();
+        for (name, var) in &ck.params.vars {
+            assert_eq!(var.dtype(), candle_core::DType::F32, "{name}");
+            let want: Vec<f32> = half[name]
+                .to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "{name} ({dtype:?})");
+        }
+        assert_eq!(logits(&ck).len(), 2);
+    }
+}
+
+/// A saved checkpoint records its files' sha256; `verify` accepts it as saved and names the
+/// file when one is cut short or its tensors do not fit its config.
+#[test]
+fn verify_finds_damaged_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ck");
+    tiny_checkpoint(&dir);
+    let sums = std::fs::read_to_string(dir.join(qa_model::checkpoint::CHECKSUMS_FILE)).unwrap();
+    assert!(sums.contains("  model.safetensors\n") && sums.contains("  config.json\n"));
+    qa_model::checkpoint::verify(&dir).unwrap();
+
+    let weights = dir.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 1]).unwrap();
+    let err = qa_model::checkpoint::verify(&dir).unwrap_err();
+    assert!(
+        err.contains("model.safetensors") && err.contains("sha256"),
+        "{err}"
+    );
+    // Without recorded sums (older checkpoints) the header and shapes are still checked.
+    std::fs::remove_file(dir.join(qa_model::checkpoint::CHECKSUMS_FILE)).unwrap();
+    let err = qa_model::checkpoint::verify(&dir).unwrap_err();
+    assert!(err.contains("model.safetensors"), "{err}");
+    std::fs::write(&weights, &bytes).unwrap();
+    qa_model::checkpoint::verify(&dir).unwrap();
+}

@@ -11,6 +11,8 @@
 //! - `metrics.jsonl`, `training_curve.svg`, `eval/epoch-E/` (qa-eval's outputs), `config.yaml`,
 //!   `train_summary.json`.
 
+#[cfg(feature = "cuda")]
+mod fused_cuda;
 pub mod metrics_log;
 pub mod optim;
 pub mod order;
@@ -246,8 +248,9 @@ pub fn single_step(
     let (starts, ends) = labels(batch);
     let (loss, _, _) = qa_loss(&start, &end, &starts, &ends)?;
     let mut grads = Grads::from_store(&loss.backward()?, &params.vars, device.is_cpu())?;
-    let norm = grads.clip(max_grad_norm)?.value()?;
-    optimizer.step(&params.vars, &grads, lr, decays)?;
+    let norm = optimizer
+        .clip_and_step(&params.vars, &mut grads, max_grad_norm, lr, decays)?
+        .value()?;
     Ok((loss.to_scalar::<f32>()? as f64, norm))
 }
 

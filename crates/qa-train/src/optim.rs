@@ -172,6 +172,31 @@ pub struct AdamW {
     /// Optimiser steps taken (torch's `step`, the bias-correction exponent).
     pub steps: u64,
     pub moments: BTreeMap<String, Moments>,
+    #[cfg(feature = "cuda")]
+    fused: FusedSlot,
+}
+
+/// The fused CUDA kernels once loaded, or the note that they could not be.
+#[cfg(feature = "cuda")]
+#[derive(Default)]
+struct FusedSlot {
+    kernels: Option<crate::fused_cuda::FusedAdamW>,
+    unavailable: bool,
+}
+
+#[cfg(feature = "cuda")]
+impl Clone for FusedSlot {
+    /// A copy loads its own buffers at its first step.
+    fn clone(&self) -> Self {
+        FusedSlot::default()
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl std::fmt::Debug for FusedSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FusedSlot(loaded: {})", self.kernels.is_some())
+    }
 }
 
 impl AdamW {
@@ -180,7 +205,111 @@ impl AdamW {
             config,
             steps: 0,
             moments: BTreeMap::new(),
+            #[cfg(feature = "cuda")]
+            fused: FusedSlot::default(),
         }
+    }
+
+    /// Clips the gradients by their global norm, then steps: on a GPU through the fused
+    /// kernels (three launches in all) when they load, else tensor by tensor. Returns the
+    /// norm before clipping.
+    pub fn clip_and_step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &mut Grads,
+        max_norm: f64,
+        lr: f64,
+        decays: impl Fn(&str) -> bool,
+    ) -> candle_core::Result<Scalar> {
+        #[cfg(feature = "cuda")]
+        if let Grads::Device(g) = grads {
+            if let Some(norm) = self.fused_step(params, g, max_norm, lr, &decays)? {
+                return Ok(norm);
+            }
+        }
+        let norm = grads.clip(max_norm)?;
+        self.step(params, grads, lr, decays)?;
+        Ok(norm)
+    }
+
+    /// The flat moments of a device parameter, zeros at its first step.
+    fn device_moments(&mut self, name: &str, grad: &Tensor) -> candle_core::Result<&mut Moments> {
+        if !self.moments.contains_key(name) {
+            let zeros = || Tensor::zeros(grad.elem_count(), DType::F32, grad.device());
+            let (m, v) = (zeros()?, zeros()?);
+            self.moments
+                .insert(name.to_string(), Moments::Device { m, v });
+        }
+        Ok(self.moments.get_mut(name).expect("inserted above"))
+    }
+
+    fn update_scalars(&self, lr: f64) -> Update {
+        let c = self.config;
+        let t = self.steps as i32;
+        Update {
+            step_size: lr / (1.0 - c.beta1.powi(t)),
+            bias2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+        }
+    }
+
+    /// `clip_and_step` through the fused CUDA kernels; None when they are unavailable
+    /// (then nothing was changed) or turned off with `QA_TRAIN_FUSED_ADAMW=0`.
+    #[cfg(feature = "cuda")]
+    fn fused_step(
+        &mut self,
+        params: &BTreeMap<String, Var>,
+        grads: &BTreeMap<String, Tensor>,
+        max_norm: f64,
+        lr: f64,
+        decays: &impl Fn(&str) -> bool,
+    ) -> candle_core::Result<Option<Scalar>> {
+        use crate::fused_cuda::{contiguous, FusedAdamW, StepScalars};
+        if self.fused.unavailable || std::env::var("QA_TRAIN_FUSED_ADAMW").is_ok_and(|v| v == "0") {
+            return Ok(None);
+        }
+        let Some(first) = params.values().next() else {
+            return Ok(None);
+        };
+        if self.fused.kernels.is_none() {
+            match FusedAdamW::new(first.device(), params.len()) {
+                Ok(k) => self.fused.kernels = Some(k),
+                Err(e) => {
+                    eprintln!("qa-train: warning: fused AdamW kernels unavailable ({e}); stepping tensor by tensor");
+                    self.fused.unavailable = true;
+                    return Ok(None);
+                }
+            }
+        }
+        let grads = contiguous(grads)?;
+        for (name, g) in &grads {
+            self.device_moments(name, g)?;
+        }
+        self.steps += 1;
+        let u = self.update_scalars(lr);
+        let scalars = StepScalars {
+            max_norm: max_norm as f32,
+            decay: (1.0 - lr * self.config.weight_decay) as f32,
+            step_size: u.step_size as f32,
+            beta1: u.beta1 as f32,
+            beta2: u.beta2 as f32,
+            bias2_sqrt: u.bias2_sqrt as f32,
+            eps: u.eps as f32,
+        };
+        let mut list = Vec::with_capacity(params.len());
+        for (name, var) in params {
+            let g = grads
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
+            let Some(Moments::Device { m, v }) = self.moments.get(name) else {
+                candle_core::bail!("{name}: optimizer state is on another device");
+            };
+            list.push((var, m, v, g, decays(name)));
+        }
+        let kernels = self.fused.kernels.as_mut().expect("loaded above");
+        Ok(Some(Scalar::Device(kernels.step(&list, &scalars)?)))
     }
 
     /// One update of every parameter in `params` with its gradient in `grads` (same names).
@@ -194,14 +323,7 @@ impl AdamW {
     ) -> candle_core::Result<()> {
         self.steps += 1;
         let c = self.config;
-        let t = self.steps as i32;
-        let update = Update {
-            step_size: lr / (1.0 - c.beta1.powi(t)),
-            bias2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-        };
+        let update = self.update_scalars(lr);
         for (name, var) in params {
             let decay = if decays(name) {
                 1.0 - lr * c.weight_decay
@@ -226,11 +348,7 @@ impl AdamW {
                 }
                 Grads::Device(g) => {
                     let g = g.get(name).ok_or_else(missing)?;
-                    if !self.moments.contains_key(name) {
-                        let (m, v) = (g.zeros_like()?, g.zeros_like()?);
-                        self.moments.insert(name.clone(), Moments::Device { m, v });
-                    }
-                    let moments = self.moments.get_mut(name).expect("inserted above");
+                    let moments = self.device_moments(name, g)?;
                     let Moments::Device { m, v } = moments else {
                         candle_core::bail!("{name}: optimizer state is on another device");
                     };
@@ -290,11 +408,13 @@ impl Update {
         grad: &Tensor,
         decay: f64,
     ) -> candle_core::Result<()> {
+        let grad = grad.flatten_all()?;
+        let grad = &grad;
         *m = ((grad - &*m)? * (1.0 - self.beta1))?.add(m)?;
         *v = (v.affine(self.beta2, 0.0)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
         let denom = v.sqrt()?.affine(1.0 / self.bias2_sqrt, self.eps)?;
-        let p = var.as_tensor().affine(decay, 0.0)?;
-        var.set(&(p - (m.div(&denom)? * self.step_size)?)?)
+        let p = var.as_tensor().flatten_all()?.affine(decay, 0.0)?;
+        var.set(&(p - (m.div(&denom)? * self.step_size)?)?.reshape(var.shape())?)
     }
 }
 

@@ -343,9 +343,14 @@ impl<'a> Trainer<'a> {
             seen += batch_feats.len();
         }
         let mut grads = grads.expect("at least one micro-batch");
-        let grad_norm = grads.clip(tc.max_grad_norm)?;
         let lr = self.plan.schedule.lr(self.state.global_step);
-        self.optimizer.step(&self.params.vars, &grads, lr, decays)?;
+        let grad_norm = self.optimizer.clip_and_step(
+            &self.params.vars,
+            &mut grads,
+            tc.max_grad_norm,
+            lr,
+            decays,
+        )?;
         let loss = if on_host {
             let mut sum = 0f64;
             for l in &losses {
