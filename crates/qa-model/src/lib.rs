@@ -5,7 +5,10 @@ pub mod batch;
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
+pub mod dropout;
 pub mod error;
 pub mod loss;
 pub mod nn;

@@ -3,9 +3,9 @@
 //! candle's unseedable RNG; these are composed from differentiable ops, and dropout masks
 //! come from a seeded host RNG so that a seed reproduces a run.
 
-use candle_core::{DType, Device, Result, Tensor, D};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use candle_core::{DType, Result, Tensor, D};
+
+use crate::dropout::PhiloxDropout;
 
 /// `y = x W^T + b` over the last dimension. Unlike candle-nn's `Linear` (one matmul per
 /// batch row against a broadcast weight), the leading dimensions are flattened into one
@@ -78,64 +78,30 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
 }
 
-/// Where dropout masks come from. On the CPU, a seeded ChaCha8 stream on the host, whose
-/// state (seed + words drawn) a checkpoint saves to resume bit-exactly. On a GPU, the device's
-/// own generator (curand), reseeded from (seed, step) at the start of every optimizer step:
-/// masks are drawn where they are used (a `[batch, heads, len, len]` mask never crosses the
-/// bus) and a run resumes from its step alone.
+/// Dropout masks for training from a counter-based generator (`crate::dropout`): each call's
+/// mask is a pure function of (seed, optimizer step, call number within the step, element),
+/// the same on the CPU and a GPU, drawn in parallel where it is used and recomputed (not
+/// stored) for backward. Its whole state is the step, so a run resumes from (seed, step).
 #[derive(Debug, Clone)]
-pub enum DropoutRng {
-    Host(ChaCha8Rng),
-    Device { device: Device, seed: u64 },
-}
-
-/// splitmix64's finaliser: a well-mixed 64-bit value for each (seed, step).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+pub struct DropoutRng {
+    seed: u64,
+    step: u64,
+    call: u64,
 }
 
 impl DropoutRng {
-    /// A host stream (CPU).
     pub fn new(seed: u64) -> Self {
-        DropoutRng::Host(ChaCha8Rng::seed_from_u64(seed))
-    }
-
-    /// The host stream on the CPU, the device's generator elsewhere.
-    pub fn for_device(seed: u64, device: &Device) -> Self {
-        if device.is_cpu() {
-            Self::new(seed)
-        } else {
-            DropoutRng::Device {
-                device: device.clone(),
-                seed,
-            }
+        DropoutRng {
+            seed,
+            step: 0,
+            call: 0,
         }
     }
 
-    /// Called before each optimizer step (0-based `step`): reseeds a device generator.
-    pub fn begin_step(&mut self, step: usize) -> Result<()> {
-        match self {
-            DropoutRng::Host(_) => Ok(()),
-            DropoutRng::Device { device, seed } => device.set_seed(mix(*seed ^ mix(step as u64))),
-        }
-    }
-
-    /// (seed, word position) of a host stream, for checkpoints; None for a device generator
-    /// (its state is the step).
-    pub fn state(&self) -> Option<([u8; 32], u128)> {
-        match self {
-            DropoutRng::Host(rng) => Some((rng.get_seed(), rng.get_word_pos())),
-            DropoutRng::Device { .. } => None,
-        }
-    }
-
-    pub fn from_state(seed: [u8; 32], word_pos: u128) -> Self {
-        let mut rng = ChaCha8Rng::from_seed(seed);
-        rng.set_word_pos(word_pos);
-        DropoutRng::Host(rng)
+    /// Called before each optimizer step (0-based `step`).
+    pub fn begin_step(&mut self, step: usize) {
+        self.step = step as u64;
+        self.call = 0;
     }
 
     /// Zeroes each element with probability `p`, scales the rest by 1 / (1 - p).
@@ -143,21 +109,14 @@ impl DropoutRng {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        let scale = 1.0 / (1.0 - p);
-        let mask = match self {
-            DropoutRng::Host(rng) => {
-                let (scale, p) = (scale as f32, p as f32);
-                let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| if rng.random::<f32>() >= p { scale } else { 0.0 })
-                    .collect();
-                Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?
-            }
-            DropoutRng::Device { device, .. } => Tensor::rand(0f32, 1f32, x.shape(), device)?
-                .ge(p)?
-                .to_dtype(x.dtype())?
-                .affine(scale, 0.0)?,
+        let op = PhiloxDropout {
+            seed: self.seed,
+            // 2^20 calls per step (BERT-base makes 37), 2^44 steps.
+            stream: (self.step << 20) | self.call,
+            p: p as f32,
         };
-        x.mul(&mask)
+        self.call += 1;
+        op.forward(x)
     }
 }
 
@@ -181,7 +140,7 @@ pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     #[test]
     fn layer_norm_matches_definition_and_has_gradients() {
@@ -219,19 +178,22 @@ mod tests {
     }
 
     #[test]
-    fn dropout_is_seeded_and_resumable() {
+    fn dropout_is_seeded_per_step_and_call() {
         let x = Tensor::ones((4, 64), DType::F32, &Device::Cpu).unwrap();
+        let draw = |rng: &mut DropoutRng| -> Vec<Vec<f32>> {
+            rng.dropout(&x, 0.5).unwrap().to_vec2().unwrap()
+        };
         let mut a = DropoutRng::new(7);
-        let first: Vec<Vec<f32>> = a.dropout(&x, 0.5).unwrap().to_vec2().unwrap();
-        let (seed, pos) = a.state().unwrap();
-        let second: Vec<Vec<f32>> = a.dropout(&x, 0.5).unwrap().to_vec2().unwrap();
-        let mut b = DropoutRng::new(7);
-        assert_eq!(b.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(), first);
-        let mut resumed = DropoutRng::from_state(seed, pos);
-        assert_eq!(
-            resumed.dropout(&x, 0.5).unwrap().to_vec2::<f32>().unwrap(),
-            second
-        );
+        a.begin_step(3);
+        let (first, second) = (draw(&mut a), draw(&mut a));
+        assert_ne!(first, second, "each call its own mask");
+        // A fresh generator at the same step (a resumed run) draws the same masks.
+        let mut resumed = DropoutRng::new(7);
+        resumed.begin_step(3);
+        assert_eq!(draw(&mut resumed), first);
+        assert_eq!(draw(&mut resumed), second);
+        resumed.begin_step(4);
+        assert_ne!(draw(&mut resumed), first, "another step, other masks");
         let kept = first.iter().flatten().filter(|&&v| v == 2.0).count();
         assert!(
             (80..180).contains(&kept),

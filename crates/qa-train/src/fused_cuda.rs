@@ -12,11 +12,11 @@
 //! step); kernels are compiled once per process with NVRTC.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
-use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::{cudarc, CudaDevice};
-use candle_core::{DType, Device, Result, Storage, Tensor, Var};
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::CudaDevice;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use qa_model::cuda::{address, launch_error};
 
 const MODULE: &str = "squad_qa_fused_adamw";
 const THREADS: u32 = 256;
@@ -95,16 +95,6 @@ extern "C" __global__ void adamw(const unsigned long long* table, int n, const f
 }
 "#;
 
-/// The kernels' PTX, compiled once per process (an error string when NVRTC fails).
-fn ptx() -> &'static std::result::Result<String, String> {
-    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    PTX.get_or_init(|| {
-        cudarc::nvrtc::compile_ptx(SOURCE)
-            .map(|p| p.to_src())
-            .map_err(|e| e.to_string())
-    })
-}
-
 fn cuda(device: &Device) -> Result<&CudaDevice> {
     match device {
         Device::Cuda(d) => Ok(d),
@@ -112,26 +102,8 @@ fn cuda(device: &Device) -> Result<&CudaDevice> {
     }
 }
 
-/// The device address of a contiguous f32/f64 tensor's first element.
-fn address(t: &Tensor) -> Result<u64> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cuda(s) = &*storage else {
-        candle_core::bail!("not a CUDA tensor");
-    };
-    if !layout.is_contiguous() {
-        candle_core::bail!("fused AdamW needs contiguous tensors");
-    }
-    let stream = s.device.cuda_stream();
-    let base = match t.dtype() {
-        DType::F32 => s.as_cuda_slice::<f32>()?.device_ptr(&stream).0,
-        DType::F64 => s.as_cuda_slice::<f64>()?.device_ptr(&stream).0,
-        other => candle_core::bail!("fused AdamW: unsupported dtype {other:?}"),
-    };
-    Ok(base + (layout.start_offset() * t.dtype().size_in_bytes()) as u64)
-}
-
-fn launch_error(e: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("fused AdamW kernel: {e}"))
+fn ptx() -> Result<&'static str> {
+    qa_model::cuda::ptx(MODULE, SOURCE)
 }
 
 /// The scalars of one step, as the kernels take them.
@@ -204,12 +176,12 @@ impl FusedAdamW {
             shared_mem_bytes: 0,
         };
 
-        let f = dev.get_or_load_custom_func("sum_squares", MODULE, ptx_src()?)?;
+        let f = dev.get_or_load_custom_func("sum_squares", MODULE, ptx()?)?;
         let mut b = f.builder();
         b.arg(&table).arg(&n_i32).arg(&partials);
         unsafe { b.launch(grid(n as u32)) }.map_err(launch_error)?;
 
-        let f = dev.get_or_load_custom_func("clip_coefficient", MODULE, ptx_src()?)?;
+        let f = dev.get_or_load_custom_func("clip_coefficient", MODULE, ptx()?)?;
         let mut b = f.builder();
         b.arg(&partials)
             .arg(&count)
@@ -223,7 +195,7 @@ impl FusedAdamW {
         };
         unsafe { b.launch(one_block) }.map_err(launch_error)?;
 
-        let f = dev.get_or_load_custom_func("adamw", MODULE, ptx_src()?)?;
+        let f = dev.get_or_load_custom_func("adamw", MODULE, ptx()?)?;
         let mut b = f.builder();
         b.arg(&table).arg(&n_i32).arg(&coef);
         b.arg(&s.decay)
@@ -234,13 +206,6 @@ impl FusedAdamW {
         unsafe { b.launch(grid(n as u32)) }.map_err(launch_error)?;
         Ok(norm)
     }
-}
-
-fn ptx_src() -> Result<&'static str> {
-    ptx()
-        .as_ref()
-        .map(String::as_str)
-        .map_err(|e| candle_core::Error::Msg(format!("NVRTC: {e}")))
 }
 
 /// Contiguous copies where needed (a gradient of a transposed weight is strided).

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use qa_model::DropoutRng;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{AdamW, AdamWConfig, Moments};
@@ -25,10 +24,6 @@ pub struct TrainerState {
     /// Epoch in progress (0-based) and the micro-batches of it already consumed.
     pub epoch: usize,
     pub batches_done: usize,
-    /// Dropout stream of a CPU run: ChaCha8 seed (hex) and word position (decimal; u128
-    /// overflows JSON). Empty for a GPU run, whose generator is reseeded from the step.
-    pub dropout_seed: String,
-    pub dropout_word_pos: String,
     pub features_sha256: String,
     /// Sum of step losses so far (the run's mean training loss at the end).
     pub loss_sum: f64,
@@ -50,8 +45,6 @@ impl TrainerState {
             total_steps,
             epoch: 0,
             batches_done: 0,
-            dropout_seed: String::new(),
-            dropout_word_pos: String::new(),
             features_sha256: features_sha256.into(),
             loss_sum: 0.0,
             window_loss_sum: 0.0,
@@ -60,50 +53,6 @@ impl TrainerState {
             train_seconds: 0.0,
             device: String::new(),
         }
-    }
-
-    /// Records a host stream's position; a device generator's state is the step itself.
-    pub fn set_dropout(&mut self, rng: &DropoutRng) {
-        let (seed, pos) = match rng.state() {
-            Some((seed, pos)) => (
-                seed.iter().map(|b| format!("{b:02x}")).collect(),
-                pos.to_string(),
-            ),
-            None => (String::new(), String::new()),
-        };
-        self.dropout_seed = seed;
-        self.dropout_word_pos = pos;
-    }
-
-    /// The dropout generator to continue with on `device`: the saved host stream on the CPU;
-    /// the device's generator (reseeded each step) on a GPU. A CPU run resumed from a GPU
-    /// checkpoint (no host stream saved) starts a host stream from (seed, step).
-    pub fn dropout(
-        &self,
-        path: &Path,
-        seed: u64,
-        device: &Device,
-    ) -> Result<DropoutRng, TrainError> {
-        if !device.is_cpu() {
-            return Ok(DropoutRng::for_device(seed, device));
-        }
-        if self.dropout_seed.is_empty() {
-            return Ok(DropoutRng::new(
-                seed ^ (self.global_step as u64).rotate_left(32),
-            ));
-        }
-        let bad = || TrainError::Resume {
-            path: path.into(),
-            message: "bad dropout RNG state".into(),
-        };
-        let bytes: Vec<u8> = (0..self.dropout_seed.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(self.dropout_seed.get(i..i + 2).unwrap_or("x"), 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
-        let seed: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
-        let pos: u128 = self.dropout_word_pos.parse().map_err(|_| bad())?;
-        Ok(DropoutRng::from_state(seed, pos))
     }
 
     pub fn write(&self, dir: &Path) -> Result<(), TrainError> {

@@ -212,7 +212,7 @@ impl<'a> Trainer<'a> {
                     );
                 }
                 let optimizer = state::read_optimizer(adam, *step as u64, dir, &device)?;
-                let dropout = state.dropout(dir, dropout_seed, &device)?;
+                let dropout = DropoutRng::new(dropout_seed);
                 (
                     state,
                     optimizer,
@@ -221,9 +221,8 @@ impl<'a> Trainer<'a> {
                 )
             }
             None => {
-                let dropout = DropoutRng::for_device(dropout_seed, &device);
-                let mut state = TrainerState::new(plan.total_steps, &inputs.features_sha256);
-                state.set_dropout(&dropout);
+                let dropout = DropoutRng::new(dropout_seed);
+                let state = TrainerState::new(plan.total_steps, &inputs.features_sha256);
                 (
                     state,
                     AdamW::new(adam),
@@ -322,7 +321,7 @@ impl<'a> Trainer<'a> {
         let config: &'a PipelineConfig = self.config;
         let tc = &config.train;
         let on_host = self.device.is_cpu();
-        self.dropout.begin_step(self.state.global_step)?;
+        self.dropout.begin_step(self.state.global_step);
         let mut grads: Option<Grads> = None;
         let mut losses = vec![];
         let mut seen = 0;
@@ -497,7 +496,6 @@ impl<'a> Trainer<'a> {
         let dir = self
             .checkpoints_dir
             .join(format!("{CHECKPOINT_PREFIX}{}", self.state.global_step));
-        self.state.set_dropout(&self.dropout);
         let (state, optimizer) = (&self.state, &self.optimizer);
         self.save_model(&dir, |tmp| state::write_optimizer(optimizer, tmp), state)?;
         self.last_checkpoint = Some(dir);

@@ -1,0 +1,258 @@
+//! Dropout from a counter-based generator: Philox4x32-10 keyed by the run's seed, with the
+//! counter made of the element's index and a per-call stream number (optimizer step and the
+//! call's position in the step). Every mask bit is a pure function of (seed, step, call,
+//! element), so masks are drawn in parallel, do not depend on the thread count, are the same
+//! on the CPU and on a GPU, are never stored (backward recomputes them), and a run resumes
+//! from (seed, step) alone.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Philox4x32-10 (Salmon et al., SC'11; Random123's constants).
+pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut c, mut k) = (counter, key);
+    for _ in 0..10 {
+        let p0 = u64::from(c[0]) * 0xD251_1F53;
+        let p1 = u64::from(c[2]) * 0xCD9E_8D57;
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+        k[0] = k[0].wrapping_add(0x9E37_79B9);
+        k[1] = k[1].wrapping_add(0xBB67_AE85);
+    }
+    c
+}
+
+/// `y = x * mask / (1 - p)` with the mask of one (seed, stream): element `i` is kept when the
+/// uniform from word `i % 4` of Philox(counter = (i / 4, stream), key = seed) is >= p.
+#[derive(Debug, Clone, Copy)]
+pub struct PhiloxDropout {
+    pub seed: u64,
+    pub stream: u64,
+    pub p: f32,
+}
+
+impl PhiloxDropout {
+    fn key(&self) -> [u32; 2] {
+        [self.seed as u32, (self.seed >> 32) as u32]
+    }
+
+    fn scale(&self) -> f32 {
+        (1.0 / (1.0 - f64::from(self.p))) as f32
+    }
+
+    /// Applies the mask to a contiguous slice of elements (element 0 = index 0).
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let (key, scale, p) = (self.key(), self.scale(), self.p);
+        let (s0, s1) = (self.stream as u32, (self.stream >> 32) as u32);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(4)
+            .zip(x.par_chunks(4))
+            .enumerate()
+            .for_each(|(q, (out, inp))| {
+                let words = philox4x32([q as u32, (q as u64 >> 32) as u32, s0, s1], key);
+                for ((o, &v), w) in out.iter_mut().zip(inp).zip(words) {
+                    *o = if uniform(w) >= p { v * scale } else { 0.0 };
+                }
+            });
+        y
+    }
+}
+
+/// The top 24 bits as a float in [0, 1), exactly (the CUDA kernel computes the same).
+fn uniform(word: u32) -> f32 {
+    (word >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+impl CustomOp1 for PhiloxDropout {
+    fn name(&self) -> &'static str {
+        "philox-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("philox-dropout: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("philox-dropout: contiguous input only");
+        };
+        Ok((
+            CpuStorage::F32(self.apply(&data[start..end])),
+            layout.shape().clone(),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::philox_dropout(self, storage, layout)
+    }
+
+    /// The same mask (recomputed, not stored) applied to the incoming gradient.
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+impl PhiloxDropout {
+    /// Drops out `x` (any shape; made contiguous), differentiably.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(*self)
+    }
+
+    /// The CUDA kernel's arguments besides the tensors: key, stream, p, scale.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn kernel_scalars(&self) -> ([u32; 2], [u32; 2], f32, f32) {
+        let stream = [self.stream as u32, (self.stream >> 32) as u32];
+        (self.key(), stream, self.p, self.scale())
+    }
+}
+
+/// The CUDA version of `PhiloxDropout::apply` (one thread per four elements).
+#[cfg(feature = "cuda")]
+pub(crate) const CUDA_SOURCE: &str = r#"
+__device__ uint4 philox4x32(uint4 c, uint2 k) {
+    for (int r = 0; r < 10; r++) {
+        const unsigned int hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        const unsigned int hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+        k.x += 0x9E3779B9u;
+        k.y += 0xBB67AE85u;
+    }
+    return c;
+}
+
+extern "C" __global__ void philox_dropout(const float* x, float* y, unsigned long long n,
+                                          unsigned int key0, unsigned int key1,
+                                          unsigned int s0, unsigned int s1, float p, float scale) {
+    for (unsigned long long q = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; q * 4 < n;
+         q += (unsigned long long)gridDim.x * blockDim.x) {
+        const uint4 r = philox4x32(make_uint4((unsigned int)q, (unsigned int)(q >> 32), s0, s1),
+                                   make_uint2(key0, key1));
+        const unsigned int w[4] = {r.x, r.y, r.z, r.w};
+        for (int j = 0; j < 4; j++) {
+            const unsigned long long i = q * 4 + j;
+            if (i < n) {
+                const float u = (float)(w[j] >> 8) * (1.0f / 16777216.0f);
+                y[i] = u >= p ? x[i] * scale : 0.0f;
+            }
+        }
+    }
+}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn philox_matches_random123_known_answers() {
+        assert_eq!(
+            philox4x32([0; 4], [0; 2]),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
+        assert_eq!(
+            philox4x32([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
+        );
+        assert_eq!(
+            philox4x32(
+                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+                [0xa409_3822, 0x299f_31d0]
+            ),
+            [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
+        );
+    }
+
+    #[test]
+    fn masks_are_keyed_scaled_and_about_p() {
+        let x = Tensor::ones((64, 100), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let op = PhiloxDropout {
+            seed: 7,
+            stream: 3,
+            p: 0.1,
+        };
+        let y: Vec<f32> = op
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let kept = y.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            (5_600..6_200).contains(&kept),
+            "about 90% of 6400 kept: {kept}"
+        );
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        let again: Vec<f32> = op
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(y, again, "a pure function of (seed, stream, element)");
+        let other = PhiloxDropout { stream: 4, ..op };
+        let z: Vec<f32> = other
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(y, z, "another stream, another mask");
+    }
+
+    /// The gradient is the same mask applied to the upstream gradient, as for `x * mask`.
+    #[test]
+    fn backward_recomputes_the_forward_mask() {
+        let dev = Device::Cpu;
+        let values: Vec<f32> = (0..4 * 37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Var::from_vec(values, (4, 37), &dev).unwrap();
+        let op = PhiloxDropout {
+            seed: 11,
+            stream: 5,
+            p: 0.3,
+        };
+        let weights = Tensor::arange(0f32, 148., &dev)
+            .unwrap()
+            .reshape((4, 37))
+            .unwrap();
+        let y = op.forward(x.as_tensor()).unwrap();
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got: Vec<f32> = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // The composed version: mask = y / x where x != 0 (no x here is exactly 0 but x[0]).
+        let ones = Tensor::ones((4, 37), candle_core::DType::F32, &dev).unwrap();
+        let mask: Vec<f32> = op
+            .forward(&ones)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w: Vec<f32> = weights.flatten_all().unwrap().to_vec1().unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(*g, w[i] * mask[i], "element {i}");
+        }
+        assert!(mask.iter().any(|&m| m == 0.0) && mask.iter().any(|&m| m != 0.0));
+    }
+}
