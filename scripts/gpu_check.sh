@@ -7,15 +7,19 @@
 #      ../shared/ref/ref_train.py --cuda on the same slice; eval throughput on the full dev set;
 #   3. quality: the seed settings on the largest slice of train-v1.1 that fits the time left
 #      (all of it when it fits), both ours and PyTorch, then EM/F1 on the full dev-v1.1.
-# GPU_CHECK_BUDGET_S (default 480) bounds the whole check; SPEED_QUESTIONS (default 4000)
-# sizes the speed slice. Logs and outputs: $GPU_CHECK_DIR (default /tmp/gpu-check).
+# GPU_CHECK_BUDGET_S (default 520) bounds the whole check; SPEED_QUESTIONS (default 4000)
+# sizes the speed slice; DEV_QUESTIONS limits the dev set (default: all of it). Logs and outputs: $GPU_CHECK_DIR (default /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
-BUDGET=${GPU_CHECK_BUDGET_S:-480}
+BUDGET=${GPU_CHECK_BUDGET_S:-520}
 SPEED_Q=${SPEED_QUESTIONS:-4000}
-BUNDLE=${GPU_BUNDLE:-gpu-bundle}
+BUNDLE=${GPU_BUNDLE:-gpu-bundle/run}
+STASH=${GPU_STASH:-/tmp/squad-qa-stash}
 W=${GPU_CHECK_DIR:-/tmp/gpu-check}
+# GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (the script's own dry run).
+DEV=${GPU_CHECK_DEVICE:-cuda}
+REF_DEV=$([ "$DEV" = cpu ] && echo "--threads $(nproc)" || echo --cuda)
 rm -rf "$W"; mkdir -p "$W/bin" "$W/logs"
 TABLE="$W/table.tsv"
 printf 'check\tours (cuda)\treference\tgoal\tresult\n' > "$TABLE"
@@ -45,15 +49,31 @@ TORCH=$(python3 -c 'import torch,transformers;print(torch.__version__, transform
 echo "gpu_check: $GPU; torch/transformers $TORCH; $(nproc) cores" >&2
 row "machine" "$GPU" "torch $TORCH" "" ""
 
-# The model in f32 for both sides (the bundle carries f16; qa-train would upcast it too).
+# The model in f32 for both sides: MiniLM from the stash (f16, upcast), else one random
+# initialisation (seeded, torch's BERT init) that both sides start from.
 M=$W/minilm32; mkdir -p "$M"
-cp "$BUNDLE"/model/*.json "$BUNDLE"/model/*.txt "$M"/ 2>/dev/null
-python3 - "$BUNDLE/model/model.safetensors" "$M/model.safetensors" <<'PY'
+if [ -e "$STASH/model/model.safetensors" ]; then
+  cp "$STASH"/model/*.json "$STASH"/model/*.txt "$M"/ 2>/dev/null
+  MODEL_NOTE="all-MiniLM-L6-v2 (f16 stash, upcast)"
+  python3 - "$STASH/model/model.safetensors" "$M/model.safetensors" <<'PY'
 import sys
 from safetensors.torch import load_file, save_file
 t = load_file(sys.argv[1])
 save_file({k: (v.float() if v.is_floating_point() else v) for k, v in t.items()}, sys.argv[2])
 PY
+else
+  MODEL_NOTE="random init (no stash: quality rows are from scratch)"
+  cp "$BUNDLE"/tokenizer/* "$M"/
+  python3 - "$M" <<'PY'
+import sys, torch
+from transformers import BertConfig, BertForQuestionAnswering
+torch.manual_seed(0)
+cfg = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                 intermediate_size=1536, max_position_embeddings=512)
+BertForQuestionAnswering(cfg).save_pretrained(sys.argv[1])
+PY
+fi
+row "model" "$MODEL_NOTE" "" "" ""
 TRAIN_JSON=$BUNDLE/data/train-v1.1.reconstructed.json.gz
 DEV_JSON=$BUNDLE/data/dev-v1.1.json.gz
 
@@ -65,18 +85,22 @@ features() {
   run "features-$name" "$B/qa-features" --examples "$W/$name.examples.parquet" --tokenizer "$M" --split "$fsplit" --output "$W/$name.features.parquet"
 }
 features dev100 dev "$DEV_JSON" 100
-features dev dev "$DEV_JSON"
+features dev dev "$DEV_JSON" ${DEV_QUESTIONS:-}
 features speed train "$TRAIN_JSON" "$SPEED_Q"
 
 # --- 1. parity -----------------------------------------------------------------------------
-for d in cpu cuda; do
+for d in cpu $DEV; do
+  rm -rf "$W/parity-eval-$d"
   run "eval-$d" "$B/qa-eval" --model "$M" --features "$W/dev100.features.parquet" --examples "$W/dev100.examples.parquet" --output "$W/parity-eval-$d" --device $d --quiet
   run "step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-step-$d" --device $d \
-    --max-steps 1 --no-dropout --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet
+    --max-steps 1 --no-dropout --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
+  # Dropout on: the Philox masks are the same on both devices, so the losses agree too.
+  run "dropout-step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-dropout-$d" --device $d \
+    --max-steps 1 --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
 done
-diff=$("$B/qa-eval" compare-logits "$W/parity-eval-cpu/eval_logits.parquet" "$W/parity-eval-cuda/eval_logits.parquet" --tolerance 1e-3 2>&1 | tail -1)
+diff=$("$B/qa-eval" compare-logits "$W/parity-eval-cpu/eval_logits.parquet" "$W/parity-eval-$DEV/eval_logits.parquet" --tolerance 1e-3 2>&1 | tail -1)
 row "parity: eval logits, max |cuda-cpu| (100 dev questions)" "$(echo "$diff" | python3 -c 'import json,sys;print("%.2e" % json.loads(sys.stdin.read())["max_abs_diff"])' 2>/dev/null || echo "$diff")" "" "<= 1e-3" "$(echo "$diff" | grep -q '"within":true' && echo PASS || echo FAIL)"
-python3 - "$W/parity-step-cpu" "$W/parity-step-cuda" >> "$TABLE" <<'PY' || echo "parity: one step	error		" >> "$TABLE"
+python3 - "$W/parity-step-cpu" "$W/parity-step-$DEV" >> "$TABLE" <<'PY' || echo "parity: one step	error		" >> "$TABLE"
 import json, sys
 import numpy as np
 from safetensors.numpy import load_file
@@ -90,22 +114,28 @@ for key, name in (("loss", "first-step loss"), ("grad_norm", "first-step grad no
 wa, wb = load_file(cpu + "/model/model.safetensors"), load_file(gpu + "/model/model.safetensors")
 worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
 print(f"parity: weights after one AdamW step, max |cuda-cpu|\t{worst:.2e}\t\t<= 1e-4\t{'PASS' if worst <= 1e-4 else 'FAIL'}")
+a, b = first(cpu.replace("parity-step", "parity-dropout")), first(gpu.replace("parity-step", "parity-dropout"))
+rel = abs(a["loss"] - b["loss"]) / abs(a["loss"])
+print(f"parity: first-step loss, dropout on (cuda {b['loss']:.6f}, cpu {a['loss']:.6f})\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
 PY
 
 # --- 2. speed --------------------------------------------------------------------------------
 SEED_FLAGS="--pad-to-max-length --batch-size 8 --learning-rate 2e-5 --logging-steps 50 --save-steps 0 --quiet"
 ours_speed=0; ref_speed=0
-if run train-speed "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed" --device cuda $SEED_FLAGS; then
+if run train-speed "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed" --device $DEV $SEED_FLAGS; then
   ours_speed=$(json "$W/speed/train_summary.json" 'round(d["train_features_per_second"],1)')
   nfeat=$(json "$W/speed/train_summary.json" 'd["features"]')
 fi
-if run ref-speed python3 "$BUNDLE/ref/ref_train.py" --cuda --model "$M" --train-file "$TRAIN_JSON" --dev-file "$DEV_JSON" \
+if run ref-speed python3 "$BUNDLE/ref/ref_train.py" $REF_DEV --model "$M" --train-file "$TRAIN_JSON" --dev-file "$DEV_JSON" \
      --train-limit "$SPEED_Q" --eval-limit 100 --logging-steps 50 --out "$W/ref-speed"; then
   ref_speed=$(last_json "$W/logs/ref-speed.log" 'round(d["train_features_per_s"],1)')
 fi
 ratio=$(python3 -c "print(round($ours_speed/$ref_speed,2) if $ref_speed else 'n/a')")
 row "speed: train features/s, fp32, pad 384, batch 8 (${nfeat:-?} features)" "$ours_speed" "$ref_speed" ">= 1.0x" "${ratio}x"
-if run eval-speed "$B/qa-eval" --model "$M" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/eval-speed" --device cuda --batch-size 8 --quiet; then
+if QA_TRAIN_FUSED_ADAMW=0 run train-speed-unfused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-unfused" --device $DEV $SEED_FLAGS; then
+  row "speed: the same, AdamW tensor by tensor (QA_TRAIN_FUSED_ADAMW=0)" "$(json "$W/speed-unfused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
+fi
+if run eval-speed "$B/qa-eval" --model "$M" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/eval-speed" --device $DEV --batch-size 8 --quiet; then
   ours_eval=$(json "$W/eval-speed/metrics.json" 'round(d["features_per_second"],1)')
 else ours_eval=0; fi
 
@@ -117,13 +147,13 @@ print(0 if o <= 0 or r <= 0 else min(87599, int($left / (1.01 / o + 1.01 / r))))
 echo "gpu_check: quality slice: $q questions ($left s left)" >&2
 if [ "$q" -ge 1000 ]; then
   features quality train "$TRAIN_JSON" "$q"
-  if run train-quality "$B/qa-train" --model "$M" --features "$W/quality.features.parquet" --output "$W/quality" --device cuda $SEED_FLAGS \
-     && run eval-quality "$B/qa-eval" --model "$W/quality/model" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/quality/eval" --device cuda --batch-size 8 --quiet; then
+  if run train-quality "$B/qa-train" --model "$M" --features "$W/quality.features.parquet" --output "$W/quality" --device $DEV $SEED_FLAGS \
+     && run eval-quality "$B/qa-eval" --model "$W/quality/model" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/quality/eval" --device $DEV --batch-size 8 --quiet; then
     ours_q=$(json "$W/quality/eval/metrics.json" '"EM %.2f / F1 %.2f" % (d["metrics"]["exact_match"], d["metrics"]["f1"])')
     ours_t=$(json "$W/quality/train_summary.json" '"%.0f s, %.1f features/s" % (d["train_seconds"], d["train_features_per_second"])')
   fi
-  if run ref-quality python3 "$BUNDLE/ref/ref_train.py" --cuda --model "$M" --train-file "$TRAIN_JSON" --dev-file "$DEV_JSON" \
-       --train-limit "$q" --eval-limit 100000 --logging-steps 50 --out "$W/ref-quality"; then
+  if run ref-quality python3 "$BUNDLE/ref/ref_train.py" $REF_DEV --model "$M" --train-file "$TRAIN_JSON" --dev-file "$DEV_JSON" \
+       --train-limit "$q" --eval-limit ${DEV_QUESTIONS:-100000} --logging-steps 50 --out "$W/ref-quality"; then
     ref_q=$(last_json "$W/logs/ref-quality.log" '"EM %.2f / F1 %.2f" % (d["exact_match"], d["f1"])')
     ref_t=$(last_json "$W/logs/ref-quality.log" '"%.0f s, %.1f features/s" % (d["train_wall_s"], d["train_features_per_s"])')
     ref_eval=$(last_json "$W/logs/ref-quality.log" 'round(d["eval_features_per_s"],1)')
@@ -131,5 +161,5 @@ if [ "$q" -ge 1000 ]; then
   row "quality: train on the first $q questions (1 epoch)" "${ours_t:-failed}" "${ref_t:-failed}" "" ""
   row "quality: EM/F1 on the full dev-v1.1" "${ours_q:-failed}" "${ref_q:-failed}" "F1 within 1.0" ""
 fi
-row "speed: eval features/s, full dev-v1.1, batch 8" "${ours_eval:-0}" "${ref_eval:-n/a}" ">= 1.0x" "$(python3 -c "print(str(round(${ours_eval:-0}/${ref_eval}, 2))+'x' if '${ref_eval:-}' else 'n/a')" 2>/dev/null)"
+row "speed: eval features/s, full dev-v1.1, batch 8 (ours: each batch padded to its longest; torch: to 384)" "${ours_eval:-0}" "${ref_eval:-n/a}" ">= 1.0x" "$(python3 -c "print(str(round(${ours_eval:-0}/${ref_eval:-1}, 2))+'x' if '${ref_eval:-}' else 'n/a')" 2>/dev/null)"
 finish

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
 use serde::Serialize;
@@ -65,14 +65,29 @@ pub fn run_forward(
         ProgressStyle::with_template("{bar:40} {pos}/{len} features  {per_sec}  eta {eta}")
             .expect("template"),
     );
+    // On a GPU, reading logits back waits for the device: read every `READ_EVERY` batches,
+    // so the host queues the next batches while the device computes.
+    const READ_EVERY: usize = 32;
     let mut rows = Vec::with_capacity(feats.len());
+    let mut pending: Vec<(Tensor, Tensor, usize)> = vec![];
+    let mut read = |pending: &mut Vec<(Tensor, Tensor, usize)>| -> Result<(), EvalError> {
+        for (s, e, n) in pending.drain(..) {
+            let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
+            rows.extend(s.into_iter().zip(e));
+            bar.inc(n as u64);
+        }
+        Ok(())
+    };
+    let on_host = model.device().is_cpu();
     for chunk in feats.chunks(batch_size.max(1)) {
         let refs: Vec<&Feature> = chunk.iter().collect();
         let (s, e) = model.infer(&make_batch(&refs, None, model.device())?)?;
-        let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
-        rows.extend(s.into_iter().zip(e));
-        bar.inc(chunk.len() as u64);
+        pending.push((s, e, chunk.len()));
+        if on_host || pending.len() >= READ_EVERY {
+            read(&mut pending)?;
+        }
     }
+    read(&mut pending)?;
     bar.finish_and_clear();
     Ok(rows)
 }
