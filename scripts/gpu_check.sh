@@ -37,7 +37,18 @@ run() {
 }
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
 last_json() { tail -1 "$1" | python3 -c "import json,sys; d=json.loads(sys.stdin.read()); print(eval(sys.argv[1], {}, {'d': d}))" "$2"; }
-finish() { echo; column -t -s $'\t' "$TABLE"; echo "gpu_check: done in $(elapsed) s"; exit 0; }
+finish() {
+  echo
+  python3 - "$TABLE" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+widths = [max(len(r[i]) if i < len(r) else 0 for r in rows) for i in range(max(map(len, rows)))]
+for r in rows:
+    print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+PY
+  echo "gpu_check: done in $(elapsed) s"
+  exit 0
+}
 
 for f in "$BUNDLE"/bin/*.xz; do xz -dc "$f" > "$W/bin/$(basename "$f" .xz)"; done
 chmod +x "$W"/bin/*

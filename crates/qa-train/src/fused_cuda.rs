@@ -127,9 +127,7 @@ impl FusedAdamW {
     /// Compiles and loads the kernels on `device`; an error (no NVRTC, a driver too old for
     /// its PTX) tells the caller to use the per-tensor path instead.
     pub fn new(device: &Device, tensors: usize) -> Result<Self> {
-        let ptx = ptx()
-            .as_ref()
-            .map_err(|e| candle_core::Error::Msg(format!("NVRTC: {e}")))?;
+        let ptx = ptx()?;
         let dev = cuda(device)?;
         for f in ["sum_squares", "clip_coefficient", "adamw"] {
             dev.get_or_load_custom_func(f, MODULE, ptx)?;
