@@ -8,7 +8,7 @@
 #   3. quality: the seed settings on the largest slice of train-v1.1 that fits the time left
 #      (all of it when it fits), both ours and PyTorch, then EM/F1 on the full dev-v1.1.
 # GPU_CHECK_BUDGET_S (default 520) bounds the whole check; SPEED_QUESTIONS (default 4000)
-# sizes the speed slice; DEV_QUESTIONS limits the dev set (default: all of it). Logs and outputs: $GPU_CHECK_DIR (default /tmp/gpu-check).
+# sizes the speed slice; SKIP_UNFUSED=1 skips the per-tensor AdamW speed row; DEV_QUESTIONS limits the dev set (default: all of it). Logs and outputs: $GPU_CHECK_DIR (default /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -143,7 +143,7 @@ if run ref-speed python3 "$BUNDLE/ref/ref_train.py" $REF_DEV --model "$M" --trai
 fi
 ratio=$(python3 -c "print(round($ours_speed/$ref_speed,2) if $ref_speed else 'n/a')")
 row "speed: train features/s, fp32, pad 384, batch 8 (${nfeat:-?} features)" "$ours_speed" "$ref_speed" ">= 1.0x" "${ratio}x"
-if QA_TRAIN_FUSED_ADAMW=0 run train-speed-unfused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-unfused" --device $DEV $SEED_FLAGS; then
+if [ -z "${SKIP_UNFUSED:-}" ] && QA_TRAIN_FUSED_ADAMW=0 run train-speed-unfused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-unfused" --device $DEV $SEED_FLAGS; then
   row "speed: the same, AdamW tensor by tensor (QA_TRAIN_FUSED_ADAMW=0)" "$(json "$W/speed-unfused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
 fi
 if run eval-speed "$B/qa-eval" --model "$M" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/eval-speed" --device $DEV --batch-size 8 --quiet; then

@@ -186,8 +186,8 @@ impl BertForQuestionAnswering {
         self.run(batch, dropout, false)
     }
 
-    /// Inference: the same logits through candle's fused softmax and LayerNorm kernels, which
-    /// are faster but have no backward pass.
+    /// Inference: the same logits through candle-nn's softmax and LayerNorm kernels (no
+    /// backward pass needed).
     pub fn infer(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
         self.run(batch, None, true)
     }
@@ -196,7 +196,7 @@ impl BertForQuestionAnswering {
         &self,
         batch: &Batch,
         mut dropout: Option<&mut DropoutRng>,
-        fused: bool,
+        inference: bool,
     ) -> Result<(Tensor, Tensor)> {
         let (_, len) = batch.input_ids.dims2()?;
         if len > self.config.max_position_embeddings {
@@ -215,13 +215,13 @@ impl BertForQuestionAnswering {
         .broadcast_add(&e.position.forward(&positions)?)?
         .add(&e.token_type.forward(&batch.token_type_ids)?)?;
         let mut x = maybe_dropout(
-            e.norm.forward_with(&x, fused)?,
+            e.norm.forward_with(&x, inference)?,
             dropout.as_deref_mut(),
             e.dropout,
         )?;
         let mask = additive_mask(&batch.attention_mask)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, dropout.as_deref_mut(), fused)?;
+            x = layer.forward(&x, &mask, dropout.as_deref_mut(), inference)?;
         }
         let logits = self.qa_outputs.forward(&x)?;
         let start = logits.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
@@ -249,7 +249,7 @@ impl SelfAttention {
         x: &Tensor,
         mask: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
-        fused: bool,
+        inference: bool,
     ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
         let split_heads = |t: Tensor| -> Result<Tensor> {
@@ -261,11 +261,11 @@ impl SelfAttention {
         let k = split_heads(self.key.forward(x)?)?;
         let v = split_heads(self.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let probs = softmax_last_dim_with(&scores.broadcast_add(mask)?, fused)?;
+        let probs = softmax_last_dim_with(&scores.broadcast_add(mask)?, inference)?;
         let probs = maybe_dropout(probs, dropout.as_deref_mut(), self.attention_dropout)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
         let out = maybe_dropout(self.output.forward(&context)?, dropout, self.hidden_dropout)?;
-        self.norm.forward_with(&(out + x)?, fused)
+        self.norm.forward_with(&(out + x)?, inference)
     }
 }
 
@@ -275,13 +275,13 @@ impl Layer {
         x: &Tensor,
         mask: &Tensor,
         mut dropout: Option<&mut DropoutRng>,
-        fused: bool,
+        inference: bool,
     ) -> Result<Tensor> {
         let attended = self
             .attention
-            .forward(x, mask, dropout.as_deref_mut(), fused)?;
+            .forward(x, mask, dropout.as_deref_mut(), inference)?;
         let hidden = self.intermediate.forward(&attended)?.gelu_erf()?;
         let out = maybe_dropout(self.output.forward(&hidden)?, dropout, self.hidden_dropout)?;
-        self.norm.forward_with(&(out + attended)?, fused)
+        self.norm.forward_with(&(out + attended)?, inference)
     }
 }

@@ -91,3 +91,162 @@ pub(crate) fn philox_dropout(
         layout.shape().clone(),
     ))
 }
+
+const FUSED: &str = "squad_qa_fused";
+const ROW_THREADS: u32 = 128;
+
+/// Device address of a contiguous f32 storage at its layout's start.
+fn input(s: &CudaStorage, l: &Layout) -> Result<u64> {
+    let Some((start, _)) = l.contiguous_offsets() else {
+        candle_core::bail!("fused kernels take contiguous inputs only");
+    };
+    let stream = s.device.cuda_stream();
+    Ok(s.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * start as u64)
+}
+
+/// A new uninitialised f32 buffer of `n` elements and its address.
+fn output(s: &CudaStorage, n: usize) -> Result<(cudarc::driver::CudaSlice<f32>, u64)> {
+    let buf = unsafe { s.device.alloc::<f32>(n.max(1))? };
+    let stream = s.device.cuda_stream();
+    let at = buf.device_ptr(&stream).0;
+    Ok((buf, at))
+}
+
+/// Launches kernel `name` of the fused module with `args` (pushed in order).
+fn launch(
+    s: &CudaStorage,
+    name: &str,
+    grid: (u32, u32),
+    push: impl FnOnce(&mut cudarc::driver::LaunchArgs<'_>),
+) -> Result<()> {
+    let f =
+        s.device
+            .get_or_load_custom_func(name, FUSED, ptx(FUSED, crate::fused::CUDA_SOURCE)?)?;
+    let mut b = f.builder();
+    push(&mut b);
+    let cfg = LaunchConfig {
+        grid_dim: (grid.0, grid.1, 1),
+        block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    unsafe { b.launch(cfg) }.map_err(launch_error)?;
+    Ok(())
+}
+
+fn layer_norm_stats(
+    x: &CudaStorage,
+    at: u64,
+    rows: usize,
+    d: i32,
+    eps: f32,
+) -> Result<cudarc::driver::CudaSlice<f32>> {
+    let (stats, stats_at) = output(x, 2 * rows)?;
+    launch(x, "layer_norm_stats", (rows as u32, 1), |b| {
+        b.arg(&at).arg(&stats_at).arg(&d).arg(&eps);
+    })?;
+    Ok(stats)
+}
+
+pub(crate) fn layer_norm_forward(
+    eps: f64,
+    (xs, xl): (&CudaStorage, &Layout),
+    (ws, wl): (&CudaStorage, &Layout),
+    (bs, bl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let d = wl.shape().elem_count();
+    let rows = xl.shape().elem_count() / d.max(1);
+    let (x, w, b) = (input(xs, xl)?, input(ws, wl)?, input(bs, bl)?);
+    let (d32, eps) = (d as i32, eps as f32);
+    let stats = layer_norm_stats(xs, x, rows, d32, eps)?;
+    let stats_at = stats.device_ptr(&xs.device.cuda_stream()).0;
+    let (y, y_at) = output(xs, rows * d)?;
+    launch(xs, "layer_norm_apply", (rows as u32, 1), |l| {
+        l.arg(&x)
+            .arg(&stats_at)
+            .arg(&w)
+            .arg(&b)
+            .arg(&y_at)
+            .arg(&d32);
+    })?;
+    drop(stats); // freed in stream order, after the kernels that read it
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, xs.device.clone()),
+        xl.shape().clone(),
+    ))
+}
+
+pub(crate) fn layer_norm_backward(
+    eps: f64,
+    (xs, xl): (&CudaStorage, &Layout),
+    (ws, wl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    use crate::fused::PARTS;
+    let d = wl.shape().elem_count();
+    let rows = xl.shape().elem_count() / d.max(1);
+    let (x, w, g) = (input(xs, xl)?, input(ws, wl)?, input(gs, gl)?);
+    let (d32, eps) = (d as i32, eps as f32);
+    let stats = layer_norm_stats(xs, x, rows, d32, eps)?;
+    let stats_at = stats.device_ptr(&xs.device.cuda_stream()).0;
+    let (out, dx) = output(xs, (rows + 2 * PARTS) * d)?;
+    let (dw, db) = (
+        dx + 4 * (rows * d) as u64,
+        dx + 4 * ((rows + PARTS) * d) as u64,
+    );
+    launch(xs, "layer_norm_grad_input", (rows as u32, 1), |l| {
+        l.arg(&x).arg(&stats_at).arg(&w).arg(&g).arg(&dx).arg(&d32);
+    })?;
+    let (rows32, parts) = (rows as i32, PARTS as i32);
+    let col_blocks = (d as u32).div_ceil(ROW_THREADS);
+    launch(
+        xs,
+        "layer_norm_grad_params",
+        (col_blocks, PARTS as u32),
+        |l| {
+            l.arg(&x)
+                .arg(&stats_at)
+                .arg(&g)
+                .arg(&dw)
+                .arg(&db)
+                .arg(&rows32)
+                .arg(&d32)
+                .arg(&parts);
+        },
+    )?;
+    drop(stats);
+    let shape = Shape::from((rows + 2 * PARTS, d));
+    Ok((CudaStorage::wrap_cuda_slice(out, xs.device.clone()), shape))
+}
+
+pub(crate) fn softmax_forward(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let d = l.shape().dims().last().copied().unwrap_or(1).max(1);
+    let rows = l.shape().elem_count() / d;
+    let x = input(s, l)?;
+    let (y, y_at) = output(s, rows * d)?;
+    let d32 = d as i32;
+    launch(s, "softmax_forward", (rows as u32, 1), |b| {
+        b.arg(&x).arg(&y_at).arg(&d32);
+    })?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, s.device.clone()),
+        l.shape().clone(),
+    ))
+}
+
+pub(crate) fn softmax_backward(
+    (ys, yl): (&CudaStorage, &Layout),
+    (gs, gl): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let d = yl.shape().dims().last().copied().unwrap_or(1).max(1);
+    let rows = yl.shape().elem_count() / d;
+    let (y, g) = (input(ys, yl)?, input(gs, gl)?);
+    let (dx, dx_at) = output(ys, rows * d)?;
+    let d32 = d as i32;
+    launch(ys, "softmax_backward", (rows as u32, 1), |b| {
+        b.arg(&y).arg(&g).arg(&dx_at).arg(&d32);
+    })?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, ys.device.clone()),
+        yl.shape().clone(),
+    ))
+}

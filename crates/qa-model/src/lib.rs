@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod device;
 pub mod dropout;
 pub mod error;
+pub mod fused;
 pub mod loss;
 pub mod nn;
 pub mod params;

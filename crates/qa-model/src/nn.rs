@@ -1,7 +1,8 @@
 //! Building blocks with a backward pass. candle-nn's fused LayerNorm and softmax have none
-//! (training would silently freeze everything below them), and its dropout draws from
-//! candle's unseedable RNG; these are composed from differentiable ops, and dropout masks
-//! come from a seeded host RNG so that a seed reproduces a run.
+//! (training would silently freeze everything below them) and its dropout draws from
+//! candle's unseedable RNG: training uses our fused ops (`crate::fused`, each with its
+//! backward), the composed versions here are their tested reference, and dropout masks come
+//! from a seeded counter-based generator (`crate::dropout`).
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -42,15 +43,17 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// `fused`: candle-nn's kernel (faster, but no backward: inference only).
-    pub fn forward_with(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
-        if fused {
+    /// The fused LayerNorm with its own backward (`crate::fused`) for training; candle-nn's
+    /// kernel (no backward) for `inference`.
+    pub fn forward_with(&self, x: &Tensor, inference: bool) -> Result<Tensor> {
+        if inference {
             candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
         } else {
-            self.forward(x)
+            crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
         }
     }
 
+    /// Composed from candle ops: the reference the fused op is tested against.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
@@ -62,16 +65,17 @@ impl LayerNorm {
     }
 }
 
-/// Softmax over the last dimension; `fused`: candle-nn's kernel (no backward).
-pub fn softmax_last_dim_with(x: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused {
+/// Softmax over the last dimension: fused with its own backward (`crate::fused`) for
+/// training; candle-nn's kernel (no backward) for `inference`.
+pub fn softmax_last_dim_with(x: &Tensor, inference: bool) -> Result<Tensor> {
+    if inference {
         candle_nn::ops::softmax_last_dim(&x.contiguous()?)
     } else {
-        softmax_last_dim(x)
+        crate::fused::softmax_last_dim(x)
     }
 }
 
-/// Softmax over the last dimension; the max is subtracted (and detached) for stability.
+/// Composed softmax (the fused op's reference); the max is subtracted (and detached) for stability.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
