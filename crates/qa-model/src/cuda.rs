@@ -92,6 +92,8 @@ pub(crate) fn philox_dropout(
     ))
 }
 
+use self::Arg::{Float, Int, Ptr};
+
 const FUSED: &str = "squad_qa_fused";
 const ROW_THREADS: u32 = 128;
 
@@ -101,7 +103,8 @@ fn input(s: &CudaStorage, l: &Layout) -> Result<u64> {
         candle_core::bail!("fused kernels take contiguous inputs only");
     };
     let stream = s.device.cuda_stream();
-    Ok(s.as_cuda_slice::<f32>()?.device_ptr(&stream).0 + 4 * start as u64)
+    let base = s.as_cuda_slice::<f32>()?.device_ptr(&stream).0;
+    Ok(base + 4 * start as u64)
 }
 
 /// A new uninitialised f32 buffer of `n` elements and its address.
@@ -112,18 +115,25 @@ fn output(s: &CudaStorage, n: usize) -> Result<(cudarc::driver::CudaSlice<f32>, 
     Ok((buf, at))
 }
 
-/// Launches kernel `name` of the fused module with `args` (pushed in order).
-fn launch(
-    s: &CudaStorage,
-    name: &str,
-    grid: (u32, u32),
-    push: impl FnOnce(&mut cudarc::driver::LaunchArgs<'_>),
-) -> Result<()> {
-    let f =
-        s.device
-            .get_or_load_custom_func(name, FUSED, ptx(FUSED, crate::fused::CUDA_SOURCE)?)?;
+/// A kernel argument: a device address, a count or a scalar.
+enum Arg {
+    Ptr(u64),
+    Int(i32),
+    Float(f32),
+}
+
+/// Launches kernel `name` of the fused module with `args` in order, `ROW_THREADS` per block.
+fn launch(s: &CudaStorage, name: &str, grid: (u32, u32), args: &[Arg]) -> Result<()> {
+    let source = ptx(FUSED, crate::fused::CUDA_SOURCE)?;
+    let f = s.device.get_or_load_custom_func(name, FUSED, source)?;
     let mut b = f.builder();
-    push(&mut b);
+    for a in args {
+        match a {
+            Arg::Ptr(v) => b.arg(v),
+            Arg::Int(v) => b.arg(v),
+            Arg::Float(v) => b.arg(v),
+        };
+    }
     let cfg = LaunchConfig {
         grid_dim: (grid.0, grid.1, 1),
         block_dim: (ROW_THREADS, 1, 1),
@@ -141,9 +151,12 @@ fn layer_norm_stats(
     eps: f32,
 ) -> Result<cudarc::driver::CudaSlice<f32>> {
     let (stats, stats_at) = output(x, 2 * rows)?;
-    launch(x, "layer_norm_stats", (rows as u32, 1), |b| {
-        b.arg(&at).arg(&stats_at).arg(&d).arg(&eps);
-    })?;
+    launch(
+        x,
+        "layer_norm_stats",
+        (rows as u32, 1),
+        &[Ptr(at), Ptr(stats_at), Int(d), Float(eps)],
+    )?;
     Ok(stats)
 }
 
@@ -158,16 +171,11 @@ pub(crate) fn layer_norm_forward(
     let (x, w, b) = (input(xs, xl)?, input(ws, wl)?, input(bs, bl)?);
     let (d32, eps) = (d as i32, eps as f32);
     let stats = layer_norm_stats(xs, x, rows, d32, eps)?;
-    let stats_at = stats.device_ptr(&xs.device.cuda_stream()).0;
+    let stream = xs.device.cuda_stream();
+    let stats_at = stats.device_ptr(&stream).0;
     let (y, y_at) = output(xs, rows * d)?;
-    launch(xs, "layer_norm_apply", (rows as u32, 1), |l| {
-        l.arg(&x)
-            .arg(&stats_at)
-            .arg(&w)
-            .arg(&b)
-            .arg(&y_at)
-            .arg(&d32);
-    })?;
+    let args = [Ptr(x), Ptr(stats_at), Ptr(w), Ptr(b), Ptr(y_at), Int(d32)];
+    launch(xs, "layer_norm_apply", (rows as u32, 1), &args)?;
     drop(stats); // freed in stream order, after the kernels that read it
     Ok((
         CudaStorage::wrap_cuda_slice(y, xs.device.clone()),
@@ -187,31 +195,32 @@ pub(crate) fn layer_norm_backward(
     let (x, w, g) = (input(xs, xl)?, input(ws, wl)?, input(gs, gl)?);
     let (d32, eps) = (d as i32, eps as f32);
     let stats = layer_norm_stats(xs, x, rows, d32, eps)?;
-    let stats_at = stats.device_ptr(&xs.device.cuda_stream()).0;
+    let stream = xs.device.cuda_stream();
+    let stats_at = stats.device_ptr(&stream).0;
     let (out, dx) = output(xs, (rows + 2 * PARTS) * d)?;
     let (dw, db) = (
         dx + 4 * (rows * d) as u64,
         dx + 4 * ((rows + PARTS) * d) as u64,
     );
-    launch(xs, "layer_norm_grad_input", (rows as u32, 1), |l| {
-        l.arg(&x).arg(&stats_at).arg(&w).arg(&g).arg(&dx).arg(&d32);
-    })?;
+    let args = [Ptr(x), Ptr(stats_at), Ptr(w), Ptr(g), Ptr(dx), Int(d32)];
+    launch(xs, "layer_norm_grad_input", (rows as u32, 1), &args)?;
     let (rows32, parts) = (rows as i32, PARTS as i32);
     let col_blocks = (d as u32).div_ceil(ROW_THREADS);
+    let args = [
+        Ptr(x),
+        Ptr(stats_at),
+        Ptr(g),
+        Ptr(dw),
+        Ptr(db),
+        Int(rows32),
+        Int(d32),
+        Int(parts),
+    ];
     launch(
         xs,
         "layer_norm_grad_params",
         (col_blocks, PARTS as u32),
-        |l| {
-            l.arg(&x)
-                .arg(&stats_at)
-                .arg(&g)
-                .arg(&dw)
-                .arg(&db)
-                .arg(&rows32)
-                .arg(&d32)
-                .arg(&parts);
-        },
+        &args,
     )?;
     drop(stats);
     let shape = Shape::from((rows + 2 * PARTS, d));
@@ -224,9 +233,12 @@ pub(crate) fn softmax_forward(s: &CudaStorage, l: &Layout) -> Result<(CudaStorag
     let x = input(s, l)?;
     let (y, y_at) = output(s, rows * d)?;
     let d32 = d as i32;
-    launch(s, "softmax_forward", (rows as u32, 1), |b| {
-        b.arg(&x).arg(&y_at).arg(&d32);
-    })?;
+    launch(
+        s,
+        "softmax_forward",
+        (rows as u32, 1),
+        &[Ptr(x), Ptr(y_at), Int(d32)],
+    )?;
     Ok((
         CudaStorage::wrap_cuda_slice(y, s.device.clone()),
         l.shape().clone(),
@@ -242,9 +254,12 @@ pub(crate) fn softmax_backward(
     let (y, g) = (input(ys, yl)?, input(gs, gl)?);
     let (dx, dx_at) = output(ys, rows * d)?;
     let d32 = d as i32;
-    launch(ys, "softmax_backward", (rows as u32, 1), |b| {
-        b.arg(&y).arg(&g).arg(&dx_at).arg(&d32);
-    })?;
+    launch(
+        ys,
+        "softmax_backward",
+        (rows as u32, 1),
+        &[Ptr(y), Ptr(g), Ptr(dx_at), Int(d32)],
+    )?;
     Ok((
         CudaStorage::wrap_cuda_slice(dx, ys.device.clone()),
         yl.shape().clone(),
