@@ -109,6 +109,11 @@ for d in cpu $DEV; do
   run "dropout-step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-dropout-$d" --device $d \
     --max-steps 1 --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
 done
+# The fused LayerNorm/softmax CUDA kernels (opt-in until verified here): one step against the CPU.
+for d in cpu $DEV; do
+  SQUAD_QA_FUSED_CUDA=1 run "fused-step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-fused-$d" --device $d \
+    --max-steps 1 --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
+done
 diff=$("$B/qa-eval" compare-logits "$W/parity-eval-cpu/eval_logits.parquet" "$W/parity-eval-$DEV/eval_logits.parquet" --tolerance 1e-3 2>&1 | tail -1)
 row "parity: eval logits, max |cuda-cpu| (100 dev questions)" "$(echo "$diff" | python3 -c 'import json,sys;print("%.2e" % json.loads(sys.stdin.read())["max_abs_diff"])' 2>/dev/null || echo "$diff")" "" "<= 1e-3" "$(echo "$diff" | grep -q '"within":true' && echo PASS || echo FAIL)"
 python3 - "$W/parity-step-cpu" "$W/parity-step-$DEV" >> "$TABLE" <<'PY' || echo "parity: one step	error		" >> "$TABLE"
@@ -128,6 +133,10 @@ print(f"parity: weights after one AdamW step, max |cuda-cpu|\t{worst:.2e}\t\t<= 
 a, b = first(cpu.replace("parity-step", "parity-dropout")), first(gpu.replace("parity-step", "parity-dropout"))
 rel = abs(a["loss"] - b["loss"]) / abs(a["loss"])
 print(f"parity: first-step loss, dropout on (cuda {b['loss']:.6f}, cpu {a['loss']:.6f})\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
+a, b = first(cpu.replace("parity-step", "parity-fused")), first(gpu.replace("parity-step", "parity-fused"))
+for key in ("loss", "grad_norm"):
+    rel = abs(a[key] - b[key]) / abs(a[key])
+    print(f"parity: first-step {key}, fused LayerNorm/softmax kernels (SQUAD_QA_FUSED_CUDA=1)\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
 PY
 
 # --- 2. speed --------------------------------------------------------------------------------
@@ -143,6 +152,9 @@ if run ref-speed python3 "$BUNDLE/ref/ref_train.py" $REF_DEV --model "$M" --trai
 fi
 ratio=$(python3 -c "print(round($ours_speed/$ref_speed,2) if $ref_speed else 'n/a')")
 row "speed: train features/s, fp32, pad 384, batch 8 (${nfeat:-?} features)" "$ours_speed" "$ref_speed" ">= 1.0x" "${ratio}x"
+if SQUAD_QA_FUSED_CUDA=1 run train-speed-fused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-fused" --device $DEV $SEED_FLAGS; then
+  row "speed: the same with the fused LayerNorm/softmax kernels (SQUAD_QA_FUSED_CUDA=1)" "$(json "$W/speed-fused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
+fi
 if [ -z "${SKIP_UNFUSED:-}" ] && QA_TRAIN_FUSED_ADAMW=0 run train-speed-unfused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-unfused" --device $DEV $SEED_FLAGS; then
   row "speed: the same, AdamW tensor by tensor (QA_TRAIN_FUSED_ADAMW=0)" "$(json "$W/speed-unfused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
 fi

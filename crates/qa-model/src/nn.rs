@@ -48,8 +48,10 @@ impl LayerNorm {
     pub fn forward_with(&self, x: &Tensor, inference: bool) -> Result<Tensor> {
         if inference {
             candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
-        } else {
+        } else if crate::fused::enabled_on(x.device()) {
             crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else {
+            self.forward(x)
         }
     }
 
@@ -70,8 +72,10 @@ impl LayerNorm {
 pub fn softmax_last_dim_with(x: &Tensor, inference: bool) -> Result<Tensor> {
     if inference {
         candle_nn::ops::softmax_last_dim(&x.contiguous()?)
-    } else {
+    } else if crate::fused::enabled_on(x.device()) {
         crate::fused::softmax_last_dim(x)
+    } else {
+        softmax_last_dim(x)
     }
 }
 
