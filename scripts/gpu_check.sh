@@ -139,6 +139,16 @@ for key in ("loss", "grad_norm"):
     print(f"parity: first-step {key}, fused LayerNorm/softmax kernels (SQUAD_QA_FUSED_CUDA=1)\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
 PY
 
+# Exact resume on the device: 8 steps straight, and 8 steps resumed from the step-4 checkpoint.
+RESUME_FLAGS="--max-steps 8 --save-steps 4 --save-total-limit 3 --pad-to-max-length --logging-steps 1 --quiet"
+if run resume-whole "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/resume-whole" --device $DEV $RESUME_FLAGS &&
+   run resume-first "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/resume-cut" --device $DEV $RESUME_FLAGS &&
+   rm -rf "$W/resume-cut/checkpoints/checkpoint-8" "$W/resume-cut/model" &&
+   run resume-rest "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/resume-cut" --device $DEV $RESUME_FLAGS --resume; then
+  same=$(cmp -s "$W/resume-whole/model/model.safetensors" "$W/resume-cut/model/model.safetensors" && echo PASS || echo FAIL)
+  row "resume: 8 steps vs 4 + resume 4, model.safetensors" "$([ $same = PASS ] && echo identical || echo differs)" "" "bit-exact" "$same"
+fi
+
 # --- 2. speed --------------------------------------------------------------------------------
 SEED_FLAGS="--pad-to-max-length --batch-size 8 --learning-rate 2e-5 --logging-steps 50 --save-steps 0 --quiet"
 ours_speed=0; ref_speed=0

@@ -44,7 +44,7 @@ struct Cli {
     /// Print JSON instead of text (one question).
     #[arg(long)]
     json: bool,
-    /// cpu (cuda needs a build with CUDA support).
+    /// Where the model runs: cpu, cuda or cuda:N (cuda needs the CUDA build: make build-cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
 }

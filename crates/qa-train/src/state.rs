@@ -199,3 +199,28 @@ fn set_aside(path: &Path) -> Result<PathBuf, TrainError> {
     std::fs::rename(path, &target).map_err(|e| squad_core::Error::write(path, e))?;
     Ok(target)
 }
+
+/// Deletes all but the newest `keep` (at least 1) step checkpoints. Each is renamed
+/// `.deleting-checkpoint-N` before it is deleted, so a run killed mid-delete leaves no half
+/// checkpoint that looks like a checkpoint; such leftovers go at the next prune.
+pub fn prune_checkpoints(dir: &Path, keep: usize) {
+    let all = list_checkpoints(dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        let name = old.file_name().unwrap_or_default().to_string_lossy();
+        let doomed = old.with_file_name(format!("{DELETING_PREFIX}{name}"));
+        if std::fs::rename(old, &doomed).is_ok() {
+            let _ = std::fs::remove_dir_all(&doomed);
+        }
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(DELETING_PREFIX)
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+const DELETING_PREFIX: &str = ".deleting-";

@@ -22,7 +22,7 @@ use squad_core::{Feature, PipelineConfig};
 
 use crate::metrics_log::MetricsLog;
 use crate::optim::{AdamW, AdamWConfig, Grads, LinearSchedule, Scalar};
-use crate::state::{self, list_checkpoints, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
+use crate::state::{self, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
 use crate::{
     labels, order, peak_rss_mib, record, resume_compatible, steps_per_epoch, TrainError,
     TrainOptions, TrainSummary,
@@ -436,7 +436,10 @@ impl<'a> Trainer<'a> {
         epoch: usize,
         batches: usize,
     ) -> Result<(), TrainError> {
+        // Waits for the device's last steps: training time, not evaluation time.
+        let started = Instant::now();
         self.flush()?;
+        self.state.train_seconds += started.elapsed().as_secs_f64();
         let finished = self.state.global_step >= self.plan.total_steps;
         if !finished && self.state.batches_done < batches {
             return Ok(());
@@ -499,11 +502,7 @@ impl<'a> Trainer<'a> {
         let (state, optimizer) = (&self.state, &self.optimizer);
         self.save_model(&dir, |tmp| state::write_optimizer(optimizer, tmp), state)?;
         self.last_checkpoint = Some(dir);
-        let all = list_checkpoints(&self.checkpoints_dir);
-        let keep = self.config.train.save_total_limit.max(1);
-        for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
-            let _ = std::fs::remove_dir_all(old);
-        }
+        state::prune_checkpoints(&self.checkpoints_dir, self.config.train.save_total_limit);
         self.window = (0, Instant::now());
         Ok(())
     }

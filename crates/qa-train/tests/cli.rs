@@ -350,6 +350,24 @@ fn bad_inputs_fail_with_one_clear_line() {
     assert!(!tmp.path().join("r3").exists(), "no output on failure");
 }
 
+/// A CPU-only build asked for a GPU says how to get one, in one line, and writes nothing.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_device_without_the_cuda_build_is_one_clear_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let run = tmp.path().join("run");
+    let out = train_cmd(&i, &run, &["--device", "cuda"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("\"cuda\"") && err.contains("make build-cuda"),
+        "{err}"
+    );
+    assert!(!run.exists(), "nothing written");
+}
+
 #[test]
 fn a_diverging_run_stops_with_an_error_and_keeps_its_last_good_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
