@@ -240,7 +240,7 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        // The composed version: mask = y / x where x != 0 (no x here is exactly 0 but x[0]).
+        // The mask itself: the op applied to ones gives scale where kept, 0 where dropped.
         let ones = Tensor::ones((4, 37), candle_core::DType::F32, &dev).unwrap();
         let mask: Vec<f32> = op
             .forward(&ones)
