@@ -410,7 +410,7 @@ mod tests {
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as f32 * 0.731 + seed).sin() * 3.0))
+            .map(|i| (i as f32 * 0.731 + seed).sin() * 3.0)
             .collect()
     }
 
