@@ -113,6 +113,7 @@ enum VersionArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    qa_model::memory::keep_freed_memory();
     let args = match cli.command {
         None => return finish("qa-eval", run_eval(cli.eval).map(|()| ExitCode::SUCCESS)),
         Some(Command::CompareLogits(c)) => return finish("qa-eval", compare(&c)),

@@ -59,6 +59,7 @@ struct Query {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    qa_model::memory::keep_freed_memory();
     finish("qa-infer", run(cli))
 }
 

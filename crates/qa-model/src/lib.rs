@@ -12,6 +12,7 @@ pub mod dropout;
 pub mod error;
 pub mod fused;
 pub mod loss;
+pub mod memory;
 pub mod nn;
 pub mod params;
 

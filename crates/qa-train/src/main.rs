@@ -108,6 +108,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    qa_model::memory::keep_freed_memory();
     if let Some(n) = cli.threads {
         // Read by candle's matmul and by rayon's global pool; must be set before either starts.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
