@@ -5,9 +5,10 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Embedding;
 
+use crate::attention::AttentionCore;
 use crate::config::BertConfig;
 use crate::nn::{
-    additive_mask, maybe_dropout, softmax_last_dim_with, DropoutRng, LayerNorm, Linear,
+    maybe_dropout, softmax_last_dim_with, AttentionMask, DropoutRng, LayerNorm, Linear,
 };
 use crate::params::Params;
 
@@ -219,7 +220,7 @@ impl BertForQuestionAnswering {
             dropout.as_deref_mut(),
             e.dropout,
         )?;
-        let mask = additive_mask(&batch.attention_mask)?;
+        let mask = AttentionMask::new(&batch.attention_mask)?;
         for layer in &self.layers {
             x = layer.forward(&x, &mask, dropout.as_deref_mut(), inference)?;
         }
@@ -247,8 +248,48 @@ impl SelfAttention {
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         mut dropout: Option<&mut DropoutRng>,
+        inference: bool,
+    ) -> Result<Tensor> {
+        let context = match &mask.host {
+            Some(host) => {
+                let core = AttentionCore {
+                    heads: self.heads,
+                    mask: host.clone(),
+                    dropout: dropout
+                        .as_deref_mut()
+                        .and_then(|rng| rng.next(self.attention_dropout)),
+                };
+                let qkv = self.qkv(x)?;
+                if inference {
+                    qkv.apply_op1_no_bwd(&core)?
+                } else {
+                    core.forward(&qkv)?
+                }
+            }
+            None => self.composed_core(x, &mask.additive, dropout.as_deref_mut(), inference)?,
+        };
+        let out = maybe_dropout(self.output.forward(&context)?, dropout, self.hidden_dropout)?;
+        self.norm.forward_with(&(out + x)?, inference)
+    }
+
+    /// Q, K and V side by side, `[batch, len, 3 * hidden]`, from one matmul.
+    fn qkv(&self, x: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = (&self.query, &self.key, &self.value);
+        Linear {
+            weight: Tensor::cat(&[&q.weight, &k.weight, &v.weight], 0)?,
+            bias: Tensor::cat(&[&q.bias, &k.bias, &v.bias], 0)?,
+        }
+        .forward(x)
+    }
+
+    /// The attention core from candle ops (GPUs; the fused core's reference).
+    fn composed_core(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        dropout: Option<&mut DropoutRng>,
         inference: bool,
     ) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
@@ -262,10 +303,8 @@ impl SelfAttention {
         let v = split_heads(self.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * (1.0 / (self.head_dim as f64).sqrt()))?;
         let probs = softmax_last_dim_with(&scores.broadcast_add(mask)?, inference)?;
-        let probs = maybe_dropout(probs, dropout.as_deref_mut(), self.attention_dropout)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))?;
-        let out = maybe_dropout(self.output.forward(&context)?, dropout, self.hidden_dropout)?;
-        self.norm.forward_with(&(out + x)?, inference)
+        let probs = maybe_dropout(probs, dropout, self.attention_dropout)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, h))
     }
 }
 
@@ -273,7 +312,7 @@ impl Layer {
     fn forward(
         &self,
         x: &Tensor,
-        mask: &Tensor,
+        mask: &AttentionMask,
         mut dropout: Option<&mut DropoutRng>,
         inference: bool,
     ) -> Result<Tensor> {

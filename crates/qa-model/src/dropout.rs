@@ -46,20 +46,89 @@ impl PhiloxDropout {
 
     /// Applies the mask to a contiguous slice of elements (element 0 = index 0).
     fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let (key, scale, p) = (self.key(), self.scale(), self.p);
-        let (s0, s1) = (self.stream as u32, (self.stream >> 32) as u32);
+        const CHUNK: usize = 4096;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(4)
-            .zip(x.par_chunks(4))
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(q, (out, inp))| {
-                let words = philox4x32([q as u32, (q as u64 >> 32) as u32, s0, s1], key);
-                for ((o, &v), w) in out.iter_mut().zip(inp).zip(words) {
-                    *o = if uniform(w) >= p { v * scale } else { 0.0 };
-                }
+            .for_each(|(c, (out, inp))| {
+                self.fill_multipliers((c * CHUNK) as u64, out);
+                out.iter_mut().zip(inp).for_each(|(o, &v)| *o *= v);
             });
         y
     }
+
+    /// The mask of elements `first..first + out.len()` as multipliers: `1 / (1 - p)` where
+    /// kept, 0 where dropped (so `x * multiplier` is the dropped-out `x`, bit for bit).
+    pub fn fill_multipliers(&self, first: u64, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { self.fill_multipliers_avx512(first, out) };
+        }
+        self.fill_multipliers_generic(first, out)
+    }
+
+    /// The same code compiled for AVX-512, where the 16-lane Philox below vectorises.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fill_multipliers_avx512(&self, first: u64, out: &mut [f32]) {
+        self.fill_multipliers_generic(first, out)
+    }
+
+    #[inline(always)]
+    fn fill_multipliers_generic(&self, first: u64, out: &mut [f32]) {
+        const LANES: usize = 16;
+        let (key, scale, p) = (self.key(), self.scale(), self.p);
+        let stream = [self.stream as u32, (self.stream >> 32) as u32];
+        let multiplier = |word: u32| if uniform(word) >= p { scale } else { 0.0 };
+        let end = first + out.len() as u64;
+        // Element i takes word i % 4 of block i / 4; LANES blocks are drawn at a time.
+        let mut block = first / 4;
+        while block * 4 < end {
+            let words = philox4x32_lanes::<LANES>(block, stream, key);
+            for lane in 0..LANES {
+                for (w, word) in words.iter().enumerate() {
+                    let i = (block + lane as u64) * 4 + w as u64;
+                    if (first..end).contains(&i) {
+                        out[(i - first) as usize] = multiplier(word[lane]);
+                    }
+                }
+            }
+            block += LANES as u64;
+        }
+    }
+}
+
+/// `philox4x32` of the counters `(block + lane, stream)` for `N` consecutive lanes, written
+/// lane-parallel so the compiler vectorises it: word `w` of lane `l` is `out[w][l]`.
+#[inline(always)]
+fn philox4x32_lanes<const N: usize>(block: u64, stream: [u32; 2], key: [u32; 2]) -> [[u32; N]; 4] {
+    let mut c: [[u32; N]; 4] = [[0; N], [0; N], [stream[0]; N], [stream[1]; N]];
+    for lane in 0..N {
+        let q = block + lane as u64;
+        c[0][lane] = q as u32;
+        c[1][lane] = (q >> 32) as u32;
+    }
+    let mut k = key;
+    for _ in 0..10 {
+        for lane in 0..N {
+            let p0 = u64::from(c[0][lane]) * 0xD251_1F53;
+            let p1 = u64::from(c[2][lane]) * 0xCD9E_8D57;
+            let next = [
+                (p1 >> 32) as u32 ^ c[1][lane] ^ k[0],
+                p1 as u32,
+                (p0 >> 32) as u32 ^ c[3][lane] ^ k[1],
+                p0 as u32,
+            ];
+            for (word, v) in c.iter_mut().zip(next) {
+                word[lane] = v;
+            }
+        }
+        k[0] = k[0].wrapping_add(0x9E37_79B9);
+        k[1] = k[1].wrapping_add(0xBB67_AE85);
+    }
+    c
 }
 
 /// The top 24 bits as a float in [0, 1), exactly (the CUDA kernel computes the same).
@@ -169,6 +238,41 @@ mod tests {
             ),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
+    }
+
+    /// The lane-parallel Philox and the multipliers at any offset agree with the scalar one.
+    #[test]
+    fn multipliers_at_any_offset_match_the_scalar_generator() {
+        let op = PhiloxDropout {
+            seed: 0x1234_5678_9abc,
+            stream: (5 << 20) | 3,
+            p: 0.25,
+        };
+        let words = philox4x32_lanes::<16>(u64::from(u32::MAX) - 3, [3, 5], [1, 2]);
+        for lane in 0..16u64 {
+            let q = u64::from(u32::MAX) - 3 + lane;
+            let want = philox4x32([q as u32, (q >> 32) as u32, 3, 5], [1, 2]);
+            for w in 0..4 {
+                assert_eq!(words[w][lane as usize], want[w], "lane {lane} word {w}");
+            }
+        }
+        for (first, len) in [(0u64, 1usize), (3, 70), (61, 5), (1 << 33, 129)] {
+            let mut got = vec![f32::NAN; len];
+            op.fill_multipliers(first, &mut got);
+            for (j, &m) in got.iter().enumerate() {
+                let i = first + j as u64;
+                let word = philox4x32(
+                    [(i / 4) as u32, ((i / 4) >> 32) as u32, op.stream as u32, 0],
+                    op.key(),
+                )[(i % 4) as usize];
+                let want = if uniform(word) >= op.p {
+                    op.scale()
+                } else {
+                    0.0
+                };
+                assert_eq!(m, want, "element {i}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! BERT for extractive QA in candle: the model (train and eval mode), HF-compatible
 //! checkpoint loading and saving, and batching of features.
 
+pub mod attention;
 pub mod batch;
 pub mod bert;
 pub mod checkpoint;

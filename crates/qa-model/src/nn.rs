@@ -114,8 +114,16 @@ impl DropoutRng {
 
     /// Zeroes each element with probability `p`, scales the rest by 1 / (1 - p).
     pub fn dropout(&mut self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self.next(p) {
+            Some(op) => op.forward(x),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The next call's mask (None when `p` is 0), for an op that applies it itself.
+    pub fn next(&mut self, p: f64) -> Option<PhiloxDropout> {
         if p <= 0.0 {
-            return Ok(x.clone());
+            return None;
         }
         let op = PhiloxDropout {
             seed: self.seed,
@@ -124,7 +132,7 @@ impl DropoutRng {
             p: p as f32,
         };
         self.call += 1;
-        op.forward(x)
+        Some(op)
     }
 }
 
@@ -143,6 +151,26 @@ pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
     let m = attention_mask.to_dtype(DType::F32)?;
     let masked = ((m.ones_like()? - &m)? * f32::MIN as f64)?;
     masked.reshape((b, 1, 1, l))
+}
+
+/// The additive mask for the composed attention and, where the fused attention core runs,
+/// its host copy (`[batch * len]`).
+#[derive(Debug, Clone)]
+pub struct AttentionMask {
+    pub additive: Tensor,
+    pub host: Option<std::sync::Arc<[f32]>>,
+}
+
+impl AttentionMask {
+    pub fn new(attention_mask: &Tensor) -> Result<Self> {
+        let additive = additive_mask(attention_mask)?;
+        let host = if crate::fused::enabled_on(attention_mask.device()) {
+            Some(additive.flatten_all()?.to_vec1::<f32>()?.into())
+        } else {
+            None
+        };
+        Ok(AttentionMask { additive, host })
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ fn snapshot(ck: &Checkpoint) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
+/// The start/end bias: its gradient is a sum over positions of softmax minus one-hot, exactly
+/// 0 in real arithmetic, so both sides feed AdamW rounding noise (~1e-9) that it normalises
+/// to steps of up to lr in either direction. It is checked against that bound, not 1e-5.
+const GRADIENT_IS_ROUNDING_NOISE: &str = "qa_outputs.bias";
+
 #[test]
 fn two_adamw_steps_match_torch_and_move_every_tensor() {
     let (ck, model) = seeded_checkpoint();
@@ -114,6 +119,14 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
                 .collect();
             let want: Vec<f32> = reference[&format!("{name}/step{step}")].to_vec1().unwrap();
             let got = gather_flat(var.as_tensor(), &idx).unwrap();
+            if name == GRADIENT_IS_ROUNDING_NOISE {
+                // Adam scales each side's noise to a step of up to lr: bounded, not equal.
+                let bound = 2.0 * 3e-5 * 1.01;
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= bound, "{name}: {g} vs {w}");
+                }
+                continue;
+            }
             for (g, w) in got.iter().zip(&want) {
                 let d = (g - w).abs();
                 if d > worst.0 {

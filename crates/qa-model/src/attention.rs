@@ -1,0 +1,481 @@
+//! The attention core fused for the CPU: `softmax(Q K^T * scale + mask)`, dropout, `@ V`, with
+//! its backward pass beside it.
+//!
+//! Composed from candle ops this is ~10 passes over `[batch, heads, len, len]` maps (scores,
+//! scale, mask, softmax, dropout, and in backward the same again plus a zeros + add per map
+//! for gradient accumulation), the maps are all kept for backward (~0.4 GB per MiniLM step at
+//! 8 x 384), and the per-head matmuls run on transposed copies. Fused, each (batch row, head)
+//! is one task: two small GEMMs straight on the strided `[batch, len, 3 * hidden]` QKV
+//! projection, the softmax and dropout in between on a `len x len` scratch that stays in the
+//! thread's cache. Backward recomputes the probabilities from Q and K (one extra `Q K^T`)
+//! instead of storing them, and the dropout mask from its Philox counters.
+//!
+//! The dropout mask is indexed as the composed path's `[batch, heads, len, len]` probabilities
+//! are, so both paths (and a GPU running the composed one) draw the same masks.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::dropout::PhiloxDropout;
+
+/// Attention over a fused `[batch, len, 3 * hidden]` QKV projection (Q, K, V side by side,
+/// each `heads x head_dim` wide) → the context `[batch, len, hidden]`.
+#[derive(Debug, Clone)]
+pub struct AttentionCore {
+    pub heads: usize,
+    /// Additive key mask, `[batch * len]`: 0 where attended, `f32::MIN` on padding.
+    pub mask: Arc<[f32]>,
+    /// Dropout on the probabilities (training).
+    pub dropout: Option<PhiloxDropout>,
+}
+
+/// Sizes of one call, from the QKV shape.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    len: usize,
+    heads: usize,
+    head_dim: usize,
+    hidden: usize,
+}
+
+impl Geometry {
+    fn of(heads: usize, qkv: &Layout) -> Result<Self> {
+        let (batch, len, width) = qkv.shape().dims3()?;
+        if width % (3 * heads) != 0 {
+            candle_core::bail!("attention: width {width} is not 3 x {heads} heads");
+        }
+        let hidden = width / 3;
+        Ok(Geometry {
+            batch,
+            len,
+            heads,
+            head_dim: hidden / heads,
+            hidden,
+        })
+    }
+
+    fn units(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Offsets of Q, K and V of `unit` (batch row, head) in the QKV buffer; rows are
+    /// `3 * hidden` apart.
+    fn qkv_offsets(&self, unit: usize) -> [usize; 3] {
+        let (b, h) = (unit / self.heads, unit % self.heads);
+        let base = b * self.len * 3 * self.hidden + h * self.head_dim;
+        [base, base + self.hidden, base + 2 * self.hidden]
+    }
+
+    /// Offset of `unit`'s columns in a `[batch, len, hidden]` buffer.
+    fn context_offset(&self, unit: usize) -> usize {
+        let (b, h) = (unit / self.heads, unit % self.heads);
+        b * self.len * self.hidden + h * self.head_dim
+    }
+}
+
+/// A strided matrix: element (r, c) at `ptr + r * rs + c * cs`.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl View {
+    fn rows(ptr: *const f32, rs: usize) -> Self {
+        View {
+            ptr,
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        View {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// `dst[m, n] = lhs[m, k] · rhs[k, n]` (overwriting `dst`, rows `dst_rs` apart), on this
+/// thread: the caller runs one per task in parallel.
+///
+/// # Safety
+/// The views must cover `m x k` and `k x n` readable elements, `dst` `m x n` writable ones
+/// that no other thread touches meanwhile.
+unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// An output buffer that tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct Shared(*mut f32);
+// SAFETY: every task writes only its own (batch row, head) columns.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{op}: f32 only");
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous inputs only");
+    };
+    Ok(&data[a..b])
+}
+
+impl AttentionCore {
+    /// The context for `qkv` (differentiable).
+    pub fn forward(&self, qkv: &Tensor) -> Result<Tensor> {
+        qkv.contiguous()?.apply_op1(self.clone())
+    }
+
+    /// `scores` (`Q K^T` of `unit`, `len x len`) → softmax probabilities in place, as
+    /// `crate::fused::SoftmaxOp` computes them from `scores * scale + mask`.
+    fn probabilities(&self, g: &Geometry, unit: usize, scores: &mut [f32]) {
+        let scale = 1.0 / (g.head_dim as f64).sqrt();
+        let scale = scale as f32;
+        let mask = &self.mask[(unit / g.heads) * g.len..][..g.len];
+        for row in scores.chunks_mut(g.len) {
+            let mut max = f32::NEG_INFINITY;
+            for (s, &m) in row.iter_mut().zip(mask) {
+                *s = *s * scale + m;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in row.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            row.iter_mut().for_each(|s| *s /= sum);
+        }
+    }
+
+    /// The dropout multipliers of `unit`'s `len x len` probabilities (None without dropout).
+    fn fill_multipliers(&self, g: &Geometry, unit: usize, out: &mut [f32]) -> bool {
+        match &self.dropout {
+            Some(d) => {
+                d.fill_multipliers((unit * g.len * g.len) as u64, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One (batch row, head): context columns = dropout(probabilities) · V.
+    fn forward_unit(
+        &self,
+        g: &Geometry,
+        qkv: &[f32],
+        unit: usize,
+        scratch: &mut [f32],
+        out: Shared,
+    ) {
+        let (l, d) = (g.len, g.head_dim);
+        let (probs, multipliers) = scratch.split_at_mut(l * l);
+        let [q, k, v] = g
+            .qkv_offsets(unit)
+            .map(|o| View::rows(qkv[o..].as_ptr(), 3 * g.hidden));
+        // SAFETY: the views lie inside `qkv`, `probs` is this task's; the context columns of
+        // `unit` are written by this task only.
+        unsafe {
+            matmul(l, l, d, probs.as_mut_ptr(), l, q, k.t());
+            self.probabilities(g, unit, probs);
+            if self.fill_multipliers(g, unit, multipliers) {
+                probs
+                    .iter_mut()
+                    .zip(&*multipliers)
+                    .for_each(|(p, m)| *p *= m);
+            }
+            let dst = out.0.add(g.context_offset(unit));
+            matmul(l, d, l, dst, g.hidden, View::rows(probs.as_ptr(), l), v);
+        }
+    }
+}
+
+impl CustomOp1 for AttentionCore {
+    fn name(&self) -> &'static str {
+        "attention-core"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(s, layout, self.name())?;
+        let g = Geometry::of(self.heads, layout)?;
+        let mut context = vec![0f32; g.batch * g.len * g.hidden];
+        let out = Shared(context.as_mut_ptr());
+        (0..g.units()).into_par_iter().for_each_init(
+            || vec![0f32; 2 * g.len * g.len],
+            |scratch, unit| self.forward_unit(&g, qkv, unit, scratch, out),
+        );
+        Ok((
+            CpuStorage::F32(context),
+            Shape::from((g.batch, g.len, g.hidden)),
+        ))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _context: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad_op = AttentionCoreGrad(self.clone());
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &grad_op)?))
+    }
+}
+
+/// The attention core's backward: (QKV, grad of the context) → grad of QKV.
+#[derive(Debug, Clone)]
+pub struct AttentionCoreGrad(pub AttentionCore);
+
+impl AttentionCoreGrad {
+    /// One (batch row, head): its Q, K and V columns of the QKV gradient.
+    fn backward_unit(
+        &self,
+        g: &Geometry,
+        (qkv, grad): (&[f32], &[f32]),
+        unit: usize,
+        scratch: &mut [f32],
+        out: Shared,
+    ) {
+        let op = &self.0;
+        let (l, d, w) = (g.len, g.head_dim, 3 * g.hidden);
+        let (probs, rest) = scratch.split_at_mut(l * l);
+        let (work, multipliers) = rest.split_at_mut(l * l);
+        let offsets = g.qkv_offsets(unit);
+        let [q, k, v] = offsets.map(|o| View::rows(qkv[o..].as_ptr(), w));
+        let dctx = View::rows(grad[g.context_offset(unit)..].as_ptr(), g.hidden);
+        let scale = (1.0 / (d as f64).sqrt()) as f32;
+        // SAFETY: as in `forward_unit`; `dst(i)` is this unit's Q/K/V columns of the output.
+        unsafe {
+            let dst = |i: usize| out.0.add(offsets[i]);
+            matmul(l, l, d, probs.as_mut_ptr(), l, q, k.t());
+            op.probabilities(g, unit, probs);
+            let dropout = op.fill_multipliers(g, unit, multipliers);
+            // dV = dropout(P)^T · dContext
+            let dropped = if dropout {
+                for ((o, p), m) in work.iter_mut().zip(&*probs).zip(&*multipliers) {
+                    *o = p * m;
+                }
+                View::rows(work.as_ptr(), l)
+            } else {
+                View::rows(probs.as_ptr(), l)
+            };
+            matmul(l, d, l, dst(2), w, dropped.t(), dctx);
+            // dP = (dContext · V^T) ∘ mask; dS = P ∘ (dP - rowsum(P ∘ dP)) * scale
+            matmul(l, l, d, work.as_mut_ptr(), l, dctx, v.t());
+            if dropout {
+                work.iter_mut()
+                    .zip(&*multipliers)
+                    .for_each(|(g, m)| *g *= m);
+            }
+            for (dp, p) in work.chunks_mut(l).zip(probs.chunks(l)) {
+                let dot: f32 = p.iter().zip(&*dp).map(|(a, b)| a * b).sum();
+                for (x, &y) in dp.iter_mut().zip(p) {
+                    *x = y * (*x - dot) * scale;
+                }
+            }
+            let ds = View::rows(work.as_ptr(), l);
+            matmul(l, d, l, dst(0), w, ds, k); // dQ = dS · K
+            matmul(l, d, l, dst(1), w, ds.t(), q); // dK = dS^T · Q
+        }
+    }
+}
+
+impl CustomOp2 for AttentionCoreGrad {
+    fn name(&self) -> &'static str {
+        "attention-core-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(s1, l1, self.name())?;
+        let grad = contiguous_f32(s2, l2, self.name())?;
+        let g = Geometry::of(self.0.heads, l1)?;
+        let mut dqkv = vec![0f32; qkv.len()];
+        let out = Shared(dqkv.as_mut_ptr());
+        (0..g.units()).into_par_iter().for_each_init(
+            || vec![0f32; 3 * g.len * g.len],
+            |scratch, unit| self.backward_unit(&g, (qkv, grad), unit, scratch, out),
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var, D};
+
+    fn values(n: usize, seed: f32) -> Vec<f32> {
+        (0..n).map(|i| (i as f32 * 0.613 + seed).sin()).collect()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The composed reference, as `bert::SelfAttention` computes it off the CPU.
+    fn composed(qkv: &Tensor, op: &AttentionCore, mask: &Tensor) -> Tensor {
+        let (b, l, w) = qkv.dims3().unwrap();
+        let (hidden, heads) = (w / 3, op.heads);
+        let split = |i: usize| {
+            qkv.narrow(D::Minus1, i * hidden, hidden)
+                .unwrap()
+                .reshape((b, l, heads, hidden / heads))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let (q, k, v) = (split(0), split(1), split(2));
+        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let probs = crate::fused::softmax_last_dim(&scores.broadcast_add(mask).unwrap()).unwrap();
+        let probs = match &op.dropout {
+            Some(d) => d.forward(&probs).unwrap(),
+            None => probs,
+        };
+        let context = probs.matmul(&v).unwrap().transpose(1, 2).unwrap();
+        context.reshape((b, l, hidden)).unwrap()
+    }
+
+    /// Forward and QKV gradient equal the composed path's, with padding and an odd length
+    /// (rows not a multiple of the Philox block), with and without dropout.
+    #[test]
+    fn fused_attention_matches_the_composed_version() {
+        let dev = Device::Cpu;
+        let (b, l, heads, d) = (2, 13, 3, 4);
+        let w = 3 * heads * d;
+        let qkv = Var::from_vec(values(b * l * w, 0.2), (b, l, w), &dev).unwrap();
+        let probe = Tensor::from_vec(values(b * l * heads * d, 1.3), (b, l, heads * d), &dev);
+        let probe = probe.unwrap();
+        // Row 0 attends to 10 tokens, row 1 to all 13.
+        let keep: Vec<u32> = (0..b * l).map(|i| u32::from(i >= l || i < 10)).collect();
+        let mask = crate::nn::additive_mask(&Tensor::from_vec(keep, (b, l), &dev).unwrap());
+        let mask = mask.unwrap();
+        let host: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        for dropout in [
+            None,
+            Some(PhiloxDropout {
+                seed: 3,
+                stream: 9,
+                p: 0.3,
+            }),
+        ] {
+            let op = AttentionCore {
+                heads,
+                mask: host.clone().into(),
+                dropout,
+            };
+            let fused = op.forward(qkv.as_tensor()).unwrap();
+            let reference = composed(qkv.as_tensor(), &op, &mask);
+            assert!(max_diff(&fused, &reference) < 1e-5, "forward {dropout:?}");
+            let grad = |y: &Tensor| {
+                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                g.get(qkv.as_tensor()).unwrap().clone()
+            };
+            let (a, r) = (grad(&fused), grad(&reference));
+            assert!(
+                max_diff(&a, &r) < 1e-5,
+                "grad {dropout:?}: {}",
+                max_diff(&a, &r)
+            );
+            let padded_key = a.narrow(1, 10, 3).unwrap().narrow(0, 0, 1).unwrap();
+            let k_and_v = padded_key
+                .narrow(D::Minus1, heads * d, 2 * heads * d)
+                .unwrap();
+            assert_eq!(
+                k_and_v
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+                0.0
+            );
+        }
+    }
+
+    /// A finite-difference check of the QKV gradient without dropout.
+    #[test]
+    fn fused_attention_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let (b, l, heads, d) = (1, 5, 2, 2);
+        let w = 3 * heads * d;
+        let xs = values(b * l * w, 0.7);
+        let probe = Tensor::from_vec(values(b * l * heads * d, 2.1), (b, l, heads * d), &dev);
+        let probe = probe.unwrap();
+        let op = AttentionCore {
+            heads,
+            mask: vec![0.0; b * l].into(),
+            dropout: None,
+        };
+        let loss = |v: &[f32]| -> f32 {
+            let x = Tensor::from_vec(v.to_vec(), (b, l, w), &dev).unwrap();
+            let y = op.forward(&x).unwrap();
+            (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let x = Var::from_vec(xs.clone(), (b, l, w), &dev).unwrap();
+        let y = op.forward(x.as_tensor()).unwrap();
+        let grads = (&y * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let analytic: Vec<f32> = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let h = 1e-2f32;
+        for i in 0..xs.len() {
+            let (mut up, mut down) = (xs.clone(), xs.clone());
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (loss(&up) - loss(&down)) / (2.0 * h);
+            assert!(
+                (numeric - analytic[i]).abs() < 1e-2 * (1.0 + numeric.abs()),
+                "qkv[{i}]: {numeric} vs {}",
+                analytic[i]
+            );
+        }
+    }
+}
