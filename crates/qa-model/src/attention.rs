@@ -156,24 +156,12 @@ impl AttentionCore {
         qkv.contiguous()?.apply_op1(self.clone())
     }
 
-    /// `scores` (`Q K^T` of `unit`, `len x len`) → softmax probabilities in place, as
-    /// `crate::fused::SoftmaxOp` computes them from `scores * scale + mask`.
+    /// `scores` (`Q K^T` of `unit`, `len x len`) → `softmax(scores * scale + mask)` in place.
     fn probabilities(&self, g: &Geometry, unit: usize, scores: &mut [f32]) {
-        let scale = 1.0 / (g.head_dim as f64).sqrt();
-        let scale = scale as f32;
+        let scale = (1.0 / (g.head_dim as f64).sqrt()) as f32;
         let mask = &self.mask[(unit / g.heads) * g.len..][..g.len];
         for row in scores.chunks_mut(g.len) {
-            let mut max = f32::NEG_INFINITY;
-            for (s, &m) in row.iter_mut().zip(mask) {
-                *s = *s * scale + m;
-                max = max.max(*s);
-            }
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            row.iter_mut().for_each(|s| *s /= sum);
+            crate::vmath::softmax_row(row, mask, scale);
         }
     }
 

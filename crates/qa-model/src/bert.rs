@@ -319,7 +319,7 @@ impl Layer {
         let attended = self
             .attention
             .forward(x, mask, dropout.as_deref_mut(), inference)?;
-        let hidden = self.intermediate.forward(&attended)?.gelu_erf()?;
+        let hidden = crate::fused::gelu(&self.intermediate.forward(&attended)?)?;
         let out = maybe_dropout(self.output.forward(&hidden)?, dropout, self.hidden_dropout)?;
         self.norm.forward_with(&(out + attended)?, inference)
     }

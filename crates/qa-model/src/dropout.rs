@@ -81,18 +81,30 @@ impl PhiloxDropout {
         const LANES: usize = 16;
         let (key, scale, p) = (self.key(), self.scale(), self.p);
         let stream = [self.stream as u32, (self.stream >> 32) as u32];
-        let multiplier = |word: u32| if uniform(word) >= p { scale } else { 0.0 };
         let end = first + out.len() as u64;
-        // Element i takes word i % 4 of block i / 4; LANES blocks are drawn at a time.
+        // Element i takes word i % 4 of block i / 4; LANES blocks (4 * LANES elements) are
+        // drawn at a time, the multipliers chosen lane-parallel, then interleaved.
         let mut block = first / 4;
         while block * 4 < end {
             let words = philox4x32_lanes::<LANES>(block, stream, key);
-            for lane in 0..LANES {
-                for (w, word) in words.iter().enumerate() {
-                    let i = (block + lane as u64) * 4 + w as u64;
-                    if (first..end).contains(&i) {
-                        out[(i - first) as usize] = multiplier(word[lane]);
+            let mut m = [[0f32; LANES]; 4];
+            for (mw, ww) in m.iter_mut().zip(&words) {
+                for (v, &word) in mw.iter_mut().zip(ww) {
+                    *v = if uniform(word) >= p { scale } else { 0.0 };
+                }
+            }
+            let base = block * 4;
+            if base >= first && base + 4 * LANES as u64 <= end {
+                let dst = &mut out[(base - first) as usize..][..4 * LANES];
+                for (lane, quad) in dst.chunks_exact_mut(4).enumerate() {
+                    for (w, v) in quad.iter_mut().enumerate() {
+                        *v = m[w][lane];
                     }
+                }
+            } else {
+                for i in base.max(first)..(base + 4 * LANES as u64).min(end) {
+                    let (lane, w) = (((i - base) / 4) as usize, ((i - base) % 4) as usize);
+                    out[(i - first) as usize] = m[w][lane];
                 }
             }
             block += LANES as u64;

@@ -288,6 +288,68 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// GELU (erf form) with vectorised erf (`crate::vmath`), element-parallel.
+#[derive(Debug, Clone, Copy)]
+pub struct GeluOp;
+
+/// Elements per parallel task of the element-wise ops.
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| crate::vmath::gelu(xc, yc));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// GELU's backward: (x, grad of y) → grad of x.
+#[derive(Debug, Clone, Copy)]
+pub struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(dc, (xc, gc))| crate::vmath::gelu_backward(xc, gc, dc));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// GELU (erf): fused with its backward where `enabled_on` the device, candle's kernel
+/// elsewhere.
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if enabled_on(x.device()) {
+        x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        x.gelu_erf()
+    }
+}
+
 /// Fused, differentiable LayerNorm over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op3(weight, bias, LayerNormOp { eps })
@@ -508,6 +570,23 @@ mod tests {
         );
         assert!(max_diff(a, r) < 1e-5, "grad {}", max_diff(a, r));
         assert_eq!(a.dtype(), DType::F32);
+    }
+
+    /// Forward and gradient of the fused GELU equal candle's `gelu_erf`'s.
+    #[test]
+    fn gelu_matches_candles_gelu_erf_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(values(3 * 40_000, 0.4), (3, 40_000), &dev).unwrap();
+        let probe = Tensor::from_vec(values(3 * 40_000, 2.7), (3, 40_000), &dev).unwrap();
+        let fused = x.as_tensor().apply_op1(GeluOp).unwrap();
+        let reference = x.as_tensor().gelu_erf().unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-6);
+        let grad = |y: &Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        let (a, r) = (grad(&fused), grad(&reference));
+        assert!(max_diff(&a, &r) < 1e-5, "grad {}", max_diff(&a, &r));
     }
 
     /// A finite-difference check of the fused LayerNorm's input gradient (f64 arithmetic is

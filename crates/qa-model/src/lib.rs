@@ -16,6 +16,7 @@ pub mod loss;
 pub mod memory;
 pub mod nn;
 pub mod params;
+pub mod vmath;
 
 pub use batch::make_batch;
 pub use bert::{Batch, BertForQuestionAnswering};
