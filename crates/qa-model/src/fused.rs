@@ -288,6 +288,91 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// `y = x + bias` over the rows of `x` `[rows, n]`. Its backward passes the gradient through
+/// to `x` as is and sums it over rows for `bias` in `PARTS` fixed row ranges (deterministic,
+/// parallel), where candle's broadcast add runs a strided one-thread reduction.
+#[derive(Debug, Clone, Copy)]
+pub struct BiasAddOp;
+
+impl CustomOp2 for BiasAddOp {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let bias = contiguous_f32(s2, l2, self.name())?;
+        let n = bias.len().max(1);
+        let rows_per_task = (CHUNK / n).max(1);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(rows_per_task * n)
+            .zip(x.par_chunks(rows_per_task * n))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(n).zip(xc.chunks(n)) {
+                    for ((o, &v), &b) in yr.iter_mut().zip(xr).zip(bias) {
+                        *o = v + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let partials = grad.contiguous()?.apply_op1_no_bwd(&ColumnPartialSums)?;
+        Ok((
+            Some(grad.clone()),
+            Some(partials.sum(0)?.reshape(bias.shape())?),
+        ))
+    }
+}
+
+/// `[rows, n]` → `[PARTS, n]`: sums of each of `PARTS` fixed row ranges.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnPartialSums;
+
+impl CustomOp1 for ColumnPartialSums {
+    fn name(&self) -> &'static str {
+        "column-partial-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let n = l.shape().dims().last().copied().unwrap_or(1).max(1);
+        let rows = x.len() / n;
+        let mut out = vec![0f32; PARTS * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(part, acc)| {
+            for r in part_rows(part, rows) {
+                for (a, &v) in acc.iter_mut().zip(&x[r * n..(r + 1) * n]) {
+                    *a += v;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((PARTS, n))))
+    }
+}
+
+/// `x + bias` over the last dimension of a `[rows, n]` `x`: fused where `enabled_on` the
+/// device, candle's broadcast add elsewhere.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if enabled_on(x.device()) {
+        x.contiguous()?.apply_op2(bias, BiasAddOp)
+    } else {
+        x.broadcast_add(bias)
+    }
+}
+
 /// GELU (erf form) with vectorised erf (`crate::vmath`), element-parallel.
 #[derive(Debug, Clone, Copy)]
 pub struct GeluOp;
@@ -587,6 +672,26 @@ mod tests {
         };
         let (a, r) = (grad(&fused), grad(&reference));
         assert!(max_diff(&a, &r) < 1e-5, "grad {}", max_diff(&a, &r));
+    }
+
+    /// The fused bias add and its gradients equal candle's broadcast add's.
+    #[test]
+    fn bias_add_matches_broadcast_add_forward_and_backward() {
+        let dev = Device::Cpu;
+        let (rows, n) = (1000, 37); // more rows than PARTS, not a multiple of it
+        let x = Var::from_vec(values(rows * n, 0.1), (rows, n), &dev).unwrap();
+        let b = Var::from_vec(values(n, 0.8), n, &dev).unwrap();
+        let probe = Tensor::from_vec(values(rows * n, 3.4), (rows, n), &dev).unwrap();
+        let fused = x.as_tensor().apply_op2(b.as_tensor(), BiasAddOp).unwrap();
+        let reference = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+        assert_eq!(max_diff(&fused, &reference), 0.0);
+        let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (g, r) = (grads(&fused), grads(&reference));
+        for v in [&x, &b] {
+            let (a, want) = (g.get(v.as_tensor()).unwrap(), r.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), want.dims());
+            assert!(max_diff(a, want) < 1e-4, "{}", max_diff(a, want));
+        }
     }
 
     /// A finite-difference check of the fused LayerNorm's input gradient (f64 arithmetic is

@@ -23,10 +23,8 @@ impl Linear {
         let dims = x.dims();
         let in_dim = *dims.last().expect("at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = crate::fused::bias_add(&y, &self.bias)?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(shape)

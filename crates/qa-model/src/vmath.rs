@@ -27,13 +27,14 @@ macro_rules! dispatch {
 
 const LANES: usize = 16;
 
-/// e^x; exactly 0 below -87.33 (where f32 `expf` underflows to subnormals or 0).
+/// e^x; exactly 0 below -87.33 (where f32 `expf` underflows to subnormals or 0), saturating
+/// at e^88 above (the kernels take it of values <= 0).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let c = x.clamp(-87.336_54, 88.376_26);
+    let c = x.clamp(-87.336_54, 88.0);
     let n = (c * LOG2E + 0.5).floor();
     let r = c - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
@@ -47,7 +48,10 @@ pub fn exp(x: f32) -> f32 {
         p = p * r + k;
     }
     let y = p * r * r + r + 1.0;
-    let two_n = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // SAFETY: n is an integer in [-126, 127] (c is clamped), so the conversion is exact; a
+    // checked `as` would not vectorise.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    let two_n = f32::from_bits(((n + 127) as u32) << 23);
     if x < -87.336_54 {
         0.0
     } else {
