@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use qa_model::{Batch, Checkpoint};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    qa_model::memory::keep_freed_memory(); // as qa-eval does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = args
         .first()
