@@ -31,14 +31,17 @@ n=$("$bin/qa-features" --examples "$out/train-full.examples.parquet" --tokenizer
 line="qa-features full train ($n features): best of 2 = ${t}s (target <= 15 s)"
 echo "$line" | tee "$out/features.txt"
 
-# The oracle on the same input, when BENCH_ORACLE=1 and its venv exists (slow: ~2 min, ~10 GB).
-py=${REF_PYTHON:-${REF_VENV:-$HOME/.cache/squad-qa-ref/venv}/bin/python}
-if [ "${BENCH_ORACLE:-0}" = 1 ] && [ -x "$py" ]; then
+# The oracle on the same input, when BENCH_FEATURES_ORACLE=1 and its venv exists (slow: ~2 min, ~10 GB).
+if [ "${BENCH_FEATURES_ORACLE:-0}" = 1 ] && [ -x "${REF_PYTHON:-${REF_VENV:-$HOME/.cache/squad-qa-ref/venv}/bin/python}" ]; then
+  py=${REF_PYTHON:-${REF_VENV:-$HOME/.cache/squad-qa-ref/venv}/bin/python}
   t0=$(date +%s.%N)
   MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_features.py" --input "$train" --split train --out "$out/train-full.ref.parquet" >/dev/null
   t1=$(date +%s.%N)
   echo "ref_features.py full train: $(echo "$t0 $t1" | awk '{print $2 - $1}')s; speed-up $(echo "$t0 $t1 $t" | awk '{printf "%.1fx", ($2 - $1) / $3}')" | tee -a "$out/features.txt"
 fi
+
+py=${REF_PYTHON:-${REF_VENV:-$HOME/.cache/squad-qa-ref/venv}/bin/python}
+oracle() { [ "${BENCH_ORACLE:-1}" = 1 ] && [ -x "$py" ]; }
 
 # qa-infer: cold start (process start, load MiniLM, answer one question) and warm latency.
 context="Super Bowl 50 was an American football game to determine the champion of the National Football League (NFL) for the 2015 season. The American Football Conference (AFC) champion Denver Broncos defeated the National Football Conference (NFC) champion Carolina Panthers 24–10 to earn their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in the San Francisco Bay Area at Santa Clara, California."
@@ -49,14 +52,119 @@ done > "$out/infer.jsonl"
 batch=$(best_of 2 "$bin/qa-infer" --model "$model" --jsonl "$out/infer.jsonl")
 warm=$(echo "$cold $batch" | awk '{printf "%.1f", ($2 - $1) / 20 * 1000}')
 echo "qa-infer: cold ${cold}s (start + load + 1 answer); warm ${warm} ms/question (21-line JSONL minus cold)" | tee "$out/infer.txt"
+torch_cold=; torch_warm=
+if oracle; then
+  cat > "$out/infer.py" <<'PY'
+import sys, time
+from transformers import pipeline
+qa = pipeline("question-answering", model=sys.argv[1], tokenizer=sys.argv[1], device=-1)
+q, c, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+qa(question=q, context=c)
+t = time.time()
+for _ in range(n):
+    qa(question=q, context=c)
+print((time.time() - t) / max(n, 1) * 1000)
+PY
+  torch_cold=$(OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 best_of 3 "$py" "$out/infer.py" "$model" "Which NFL team won Super Bowl 50?" "$context" 0)
+  torch_warm=$(OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 "$py" "$out/infer.py" "$model" "Which NFL team won Super Bowl 50?" "$context" 20 2>/dev/null | tail -1 | awk '{printf "%.1f", $1}')
+fi
 
-# Eval-mode forward throughput at 8 x 384, ours vs torch (2 threads each).
+# --- the table: ours vs PyTorch, same machine, same threads, medians of BENCH_RUNS runs ----
+# Training: the first 96 training questions, one epoch, batch 8. Peak RSS is the process's
+# (/usr/bin/time), for both sides.
+runs=${BENCH_RUNS:-3}
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print ""; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+peak_rss_mib() { sed -n 's/.*Maximum resident set size (kbytes): \([0-9]*\).*/\1/p' "$1" | awk '{ printf "%.0f", $1 / 1024 }'; }
+table="$out/table.md"
+{
+  echo "| measure ($(nproc) CPUs here; BENCH_RUNS=$runs) | ours | PyTorch | ours vs PyTorch |"
+  echo "|---|---|---|---|"
+} > "$table"
+# row NAME OURS TORCH higher|lower: the last column is a speed-up (>1: ours better) either way.
+row() {
+  local adv=
+  if [ -n "$2" ] && [ -n "$3" ]; then
+    adv=$(echo "$2 $3 $4" | awk '{ r = ($3 == "higher") ? $1 / $2 : $2 / $1; printf "%.2fx", r }')
+  fi
+  echo "| $1 | $2 | $3 | $adv |" | tee -a "$table"
+}
+"$bin/squad-ingest" --input "$train" --output "$out/train96.examples.parquet" --limit 96 2>/dev/null
+"$bin/qa-features" --examples "$out/train96.examples.parquet" --tokenizer "$model" --split train --output "$out/train96.features.parquet" 2>/dev/null
+summary_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
+# ours_train MODE THREADS [MODEL [EXTRA...]] -> "features/s peak-RSS-MiB"
+ours_train() {
+  local mode=$1 threads=$2 m=${3:-$model}; shift 3 || shift $#
+  local flag=; [ "$mode" = fixed ] && flag=--pad-to-max-length
+  local s
+  s=$(RAYON_NUM_THREADS=$threads /usr/bin/time -v -o "$out/time.txt" "$bin/qa-train" --features "$out/train96.features.parquet" \
+      --model "$m" --output "$out/train-$mode" --overwrite --threads "$threads" --quiet --save-steps 0 $flag "$@" 2>/dev/null)
+  echo "$(echo "$s" | summary_field train_features_per_second) $(peak_rss_mib "$out/time.txt")"
+}
+torch_train() {
+  local mode=$1 threads=$2
+  local flag=; [ "$mode" = dynamic ] && flag=--dynamic-padding
+  local s
+  s=$(MINILM_DIR=$PWD/$model /usr/bin/time -v -o "$out/time.txt" "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" \
+      --dev-file "${DEV_JSON:-data/squad/dev-v1.1.json.gz}" --train-limit 96 --eval-limit 8 --threads "$threads" \
+      --out "$out/ref-train-$mode" $flag 2>/dev/null | tail -1)
+  echo "$(echo "$s" | sed -n 's/.*"train_features_per_s": \([0-9.]*\).*/\1/p') $(peak_rss_mib "$out/time.txt")"
+}
+for mode in fixed dynamic; do
+  : > "$out/ours-$mode.txt"; : > "$out/torch-$mode.txt"
+  for _ in $(seq "$runs"); do  # alternate the two, so drift in the machine's load hits both
+    ours_train $mode 2 >> "$out/ours-$mode.txt"
+    if oracle; then torch_train $mode 2 >> "$out/torch-$mode.txt"; fi
+  done
+done
+label() { [ "$1" = fixed ] && echo "padded to 384" || echo "dynamic padding"; }
+for mode in fixed dynamic; do
+  row "train MiniLM, batch 8, $(label $mode), 2 threads (features/s)" \
+    "$(cut -d' ' -f1 "$out/ours-$mode.txt" | median)" "$(cut -d' ' -f1 "$out/torch-$mode.txt" | median)" higher
+done
+row "peak RSS, train MiniLM, padded to 384 (MiB)" \
+  "$(cut -d' ' -f2 "$out/ours-fixed.txt" | median)" "$(cut -d' ' -f2 "$out/torch-fixed.txt" | median)" lower
+
+# bert-base shape (12 layers, hidden 768), random init, 2 steps at 8 x 384.
+mkdir -p "$out/bert-base-shaped"
+cat > "$out/bert-base-shaped/config.json" <<'JSON'
+{"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+ "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
+ "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+JSON
+ours_bb=$(ours_train fixed 2 "$out/bert-base-shaped" --random-init --max-steps 2)
+torch_bb=
+if oracle; then
+  cat > "$out/bert_base_train.py" <<'PY'
+import json, sys, time, torch
+from transformers import BertConfig, BertForQuestionAnswering
+torch.set_num_threads(2)
+torch.manual_seed(0)
+m = BertForQuestionAnswering(BertConfig.from_json_file(sys.argv[1])).train()
+opt = torch.optim.AdamW(m.parameters(), lr=2e-5, weight_decay=0.01)
+b, n = 8, 384
+ids = torch.randint(1000, 20000, (b, n))
+tt = (torch.arange(n) > 20).long().expand(b, n)
+am = torch.ones(b, n, dtype=torch.long)
+pos = torch.randint(0, n, (b,))
+t = time.time()
+for _ in range(2):
+    out = m(input_ids=ids, attention_mask=am, token_type_ids=tt, start_positions=pos, end_positions=pos)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad()
+print(json.dumps({"features_per_s": round(2 * b / (time.time() - t), 3)}))
+PY
+  s=$(/usr/bin/time -v -o "$out/time.txt" "$py" "$out/bert_base_train.py" "$out/bert-base-shaped/config.json" 2>/dev/null | tail -1)
+  torch_bb="$(echo "$s" | sed -n 's/.*"features_per_s": \([0-9.]*\).*/\1/p') $(peak_rss_mib "$out/time.txt")"
+fi
+row "peak RSS, train bert-base shape, 8 x 384, 2 steps (MiB)" "${ours_bb#* }" "${torch_bb#* }" lower
+row "train bert-base shape, 8 x 384, 2 steps (features/s)" "${ours_bb%% *}" "${torch_bb%% *}" higher
+
+# Eval-mode forward at 8 x 384 (2 threads each).
 # Built with the binaries' feature set (a `-p qa-model` build would recompile polars and candle).
 cargo build -q --release --locked --bins --examples
-ours=$(RAYON_NUM_THREADS=2 "$bin/examples/forward_bench" "$model" 8 384 6)
-echo "candle forward: $ours" | tee -a "$out/infer.txt"
-if [ -x "$py" ]; then
-  torch=$(HF_HUB_OFFLINE=1 "$py" - "$model" 2>/dev/null <<'PY'
+cat > "$out/forward.py" <<'PY'
 import json, sys, time, torch
 from transformers import BertForQuestionAnswering
 torch.set_num_threads(2)
@@ -71,61 +179,47 @@ with torch.no_grad():
     for _ in range(batches):
         m(input_ids=ids, attention_mask=am, token_type_ids=tt)
     s = time.time() - t
-print(json.dumps({"batch": b, "len": n, "batches": batches, "seconds": round(s, 3), "features_per_s": round(b * batches / s, 2)}))
+print(json.dumps({"features_per_s": round(b * batches / s, 2)}))
 PY
-  )
-  echo "torch forward:  $torch" | tee -a "$out/infer.txt"
-fi
-
-# --- training (qa-train): the first 96 training questions, one epoch, batch 8, 2 threads -----
-# Fixed length 384 (run_qa.py's padding) and dynamic padding (ours by default); then peak RSS
-# for MiniLM and for a randomly initialised bert-base-shaped model (12 layers, hidden 768).
-export RAYON_NUM_THREADS=2
-"$bin/squad-ingest" --input "$train" --output "$out/train96.examples.parquet" --limit 96 2>/dev/null
-"$bin/qa-features" --examples "$out/train96.examples.parquet" --tokenizer "$model" --split train --output "$out/train96.features.parquet" 2>/dev/null
-summary_field() { sed -n "s/.*\"$1\":\([0-9.]*\).*/\1/p"; }
-for mode in fixed dynamic; do
-  flag=; [ $mode = fixed ] && flag=--pad-to-max-length
-  s=$("$bin/qa-train" --features "$out/train96.features.parquet" --model "$model" --output "$out/train-$mode" \
-      --overwrite --threads 2 --quiet --save-steps 0 $flag 2>/dev/null)
-  echo "qa-train MiniLM, $mode padding: $(echo "$s" | summary_field train_features_per_second) features/s, peak RSS $(echo "$s" | summary_field peak_rss_mib) MiB" | tee -a "$out/train.txt"
+: > "$out/forward-ours.txt"; : > "$out/forward-torch.txt"
+fps() { sed -n 's/.*"features_per_s": \([0-9.]*\).*/\1/p'; }
+for _ in $(seq "$runs"); do
+  RAYON_NUM_THREADS=2 "$bin/examples/forward_bench" "$model" 8 384 6 | fps >> "$out/forward-ours.txt"
+  if oracle; then HF_HUB_OFFLINE=1 "$py" "$out/forward.py" "$model" 2>/dev/null | fps >> "$out/forward-torch.txt"; fi
 done
-mkdir -p "$out/bert-base-shaped"
-cat > "$out/bert-base-shaped/config.json" <<'JSON'
-{"model_type": "bert", "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
- "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512,
- "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
-JSON
-s=$("$bin/qa-train" --features "$out/train96.features.parquet" --model "$out/bert-base-shaped" --random-init \
-    --output "$out/train-bert-base" --overwrite --threads 2 --quiet --save-steps 0 --max-steps 2 --pad-to-max-length 2>/dev/null)
-echo "qa-train bert-base shape (random init), 384 padding, 2 steps: $(echo "$s" | summary_field train_features_per_second) features/s, peak RSS $(echo "$s" | summary_field peak_rss_mib) MiB" | tee -a "$out/train.txt"
-if [ "${BENCH_ORACLE:-0}" = 1 ] && [ -x "$py" ]; then
-  for mode in fixed dynamic; do
-    flag=; [ $mode = dynamic ] && flag=--dynamic-padding
-    s=$(MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" \
-        --dev-file "${DEV_JSON:-data/squad/dev-v1.1.json.gz}" --train-limit 96 --eval-limit 8 --threads 2 \
-        --out "$out/ref-train-$mode" $flag 2>/dev/null | tail -1)
-    echo "ref_train.py MiniLM, $mode padding: $(echo "$s" | sed -n 's/.*"train_features_per_s": \([0-9.]*\).*/\1/p') features/s" | tee -a "$out/train.txt"
-  done
-fi
+row "eval-mode forward, MiniLM, 8 x 384, 2 threads (features/s)" "$(median < "$out/forward-ours.txt")" "$(median < "$out/forward-torch.txt")" higher
 
-# --- evaluation (qa-eval): full dev-v1.1 (10,570 questions), MiniLM, 2 threads --------------
-# Slow here (minutes); BENCH_SKIP_FULL_EVAL=1 skips it.
+# Full dev-v1.1 evaluation (10,570 questions), 2 threads, once each (minutes): qa-eval's wall time
+# vs ref_train.py's evaluation (no training steps), both padding each batch to its longest.
 dev=${DEV_JSON:-data/squad/dev-v1.1.json.gz}
 if [ "${BENCH_SKIP_FULL_EVAL:-0}" != 1 ]; then
   [ -e "$dev" ] || make --no-print-directory "$dev"
   "$bin/squad-ingest" --input "$dev" --output "$out/dev-full.examples.parquet" 2>/dev/null
   "$bin/qa-features" --examples "$out/dev-full.examples.parquet" --tokenizer "$model" --split eval --output "$out/dev-full.features.parquet" 2>/dev/null
   t0=$(date +%s.%N)
-  "$bin/qa-eval" --model "$model" --features "$out/dev-full.features.parquet" --examples "$out/dev-full.examples.parquet" \
+  RAYON_NUM_THREADS=2 "$bin/qa-eval" --model "$model" --features "$out/dev-full.features.parquet" --examples "$out/dev-full.examples.parquet" \
     --output "$out/eval-dev-full" --quiet >/dev/null
   t1=$(date +%s.%N)
-  fps=$(sed -n 's/.*"features_per_second": \([0-9.]*\).*/\1/p' "$out/eval-dev-full/metrics.json")
-  echo "qa-eval full dev-v1.1: $(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}')s wall, forward $fps features/s" | tee "$out/eval.txt"
-  if [ "${BENCH_ORACLE:-0}" = 1 ] && [ -x "$py" ]; then
-    # The oracle's evaluation: ref_train.py with no training steps on the same dev set.
+  ours_eval=$(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}')
+  torch_eval=
+  if oracle; then
     s=$(MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" --dev-file "$dev" \
-        --train-limit 8 --max-steps 1 --eval-limit 10570 --threads 2 --out "$out/ref-eval-full" ${BENCH_ORACLE_EVAL_FLAGS:-} 2>/dev/null | tail -1)
-    echo "ref_train.py eval, full dev: $(echo "$s" | sed -n 's/.*"eval_wall_s": \([0-9.]*\).*/\1/p')s ($(echo "$s" | sed -n 's/.*"eval_features_per_s": \([0-9.]*\).*/\1/p') features/s)" | tee -a "$out/eval.txt"
+        --train-limit 8 --max-steps 1 --eval-limit 10570 --threads 2 --dynamic-padding --out "$out/ref-eval-full" 2>/dev/null | tail -1)
+    torch_eval=$(echo "$s" | sed -n 's/.*"eval_wall_s": \([0-9.]*\).*/\1/p')
   fi
+  row "full dev-v1.1 eval, MiniLM, 2 threads (wall s; PyTorch: its eval loop)" "$ours_eval" "$torch_eval" lower
 fi
+
+row "qa-infer cold: start + load + 1 answer (s, best of 3)" "$cold" "$torch_cold" lower
+row "qa-infer warm (ms per question)" "$warm" "$torch_warm" lower
+
+# Thread scaling: training padded to 384 at 1 thread (one run each), beside the 2-thread medians.
+ours_1=$(ours_train fixed 1); torch_1=
+if oracle; then torch_1=$(torch_train fixed 1); fi
+row "train MiniLM, padded to 384, 1 thread (features/s)" "${ours_1%% *}" "${torch_1%% *}" higher
+o2=$(cut -d' ' -f1 "$out/ours-fixed.txt" | median); t2=$(cut -d' ' -f1 "$out/torch-fixed.txt" | median)
+row "thread scaling, 2 threads / 1 thread (x)" \
+  "$(echo "$o2 ${ours_1%% *}" | awk '{printf "%.2f", $1 / $2}')" \
+  "$( [ -n "${torch_1%% *}" ] && echo "$t2 ${torch_1%% *}" | awk '{printf "%.2f", $1 / $2}')" higher
+echo
+echo "table: $table"

@@ -151,8 +151,8 @@ pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
     masked.reshape((b, 1, 1, l))
 }
 
-/// The additive mask for the composed attention and, where the fused attention core runs,
-/// its host copy (`[batch * len]`).
+/// The additive mask for the composed attention and, on the CPU where the fused attention
+/// core runs (it has no CUDA kernel), its host copy (`[batch * len]`).
 #[derive(Debug, Clone)]
 pub struct AttentionMask {
     pub additive: Tensor,
@@ -162,7 +162,7 @@ pub struct AttentionMask {
 impl AttentionMask {
     pub fn new(attention_mask: &Tensor) -> Result<Self> {
         let additive = additive_mask(attention_mask)?;
-        let host = if crate::fused::enabled_on(attention_mask.device()) {
+        let host = if attention_mask.device().is_cpu() {
             Some(additive.flatten_all()?.to_vec1::<f32>()?.into())
         } else {
             None
