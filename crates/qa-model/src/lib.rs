@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dense;
 pub mod device;
 pub mod dropout;
 pub mod error;

@@ -23,8 +23,14 @@ impl Linear {
         let dims = x.dims();
         let in_dim = *dims.last().expect("at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = crate::fused::bias_add(&y, &self.bias)?;
+        let x = x.reshape((rows, in_dim))?;
+        let y = if x.device().is_cpu() {
+            // One op with its own backward (`crate::dense`); it has no CUDA kernel.
+            x.contiguous()?
+                .apply_op3(&self.weight, &self.bias, crate::dense::DenseOp)?
+        } else {
+            x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?
+        };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(shape)
