@@ -13,7 +13,7 @@
 //! The dropout mask is indexed as the composed path's `[batch, heads, len, len]` probabilities
 //! are, so both paths (and a GPU running the composed one) draw the same masks.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
@@ -30,6 +30,9 @@ pub struct AttentionCore {
     pub mask: Arc<[f32]>,
     /// Dropout on the probabilities (training).
     pub dropout: Option<PhiloxDropout>,
+    /// The forward pass's dropout mask, one bit per probability, for backward (1.8 MB per
+    /// MiniLM layer at 8 x 384, where redrawing it from Philox cost ~5% of a step).
+    kept: OnceLock<Vec<u64>>,
 }
 
 /// Sizes of one call, from the QKV shape.
@@ -133,6 +136,25 @@ unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs
     )
 }
 
+/// Bit i of `bits` set where multiplier i is not 0.
+fn pack_bits(multipliers: &[f32], bits: &mut [u64]) {
+    for (word, chunk) in bits.iter_mut().zip(multipliers.chunks(64)) {
+        *word = chunk
+            .iter()
+            .enumerate()
+            .fold(0, |w, (i, &m)| w | (u64::from(m != 0.0) << i));
+    }
+}
+
+/// The multipliers back from `pack_bits`: `scale` where the bit is set, else 0.
+fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
+    for (chunk, &word) in multipliers.chunks_mut(64).zip(bits) {
+        for (i, m) in chunk.iter_mut().enumerate() {
+            *m = if word >> i & 1 == 1 { scale } else { 0.0 };
+        }
+    }
+}
+
 /// An output buffer that tasks write disjoint parts of.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
@@ -151,6 +173,15 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f3
 }
 
 impl AttentionCore {
+    pub fn new(heads: usize, mask: Arc<[f32]>, dropout: Option<PhiloxDropout>) -> Self {
+        AttentionCore {
+            heads,
+            mask,
+            dropout,
+            kept: OnceLock::new(),
+        }
+    }
+
     /// The context for `qkv` (differentiable).
     pub fn forward(&self, qkv: &Tensor) -> Result<Tensor> {
         qkv.contiguous()?.apply_op1(self.clone())
@@ -165,23 +196,30 @@ impl AttentionCore {
         }
     }
 
-    /// The dropout multipliers of `unit`'s `len x len` probabilities (None without dropout).
+    /// The dropout multipliers of `unit`'s `len x len` probabilities: from the bits the
+    /// forward pass kept, else drawn (false without dropout).
     fn fill_multipliers(&self, g: &Geometry, unit: usize, out: &mut [f32]) -> bool {
-        match &self.dropout {
-            Some(d) => {
-                d.fill_multipliers((unit * g.len * g.len) as u64, out);
-                true
+        let Some(d) = &self.dropout else {
+            return false;
+        };
+        let n = g.len * g.len;
+        match self.kept.get() {
+            Some(bits) => {
+                let words = n.div_ceil(64);
+                unpack_bits(&bits[unit * words..][..words], d.scale(), &mut out[..n]);
             }
-            None => false,
+            None => d.fill_multipliers((unit * n) as u64, &mut out[..n]),
         }
+        true
     }
 
-    /// One (batch row, head): context columns = dropout(probabilities) · V.
+    /// One (batch row, head): context columns = dropout(probabilities) · V; the dropout
+    /// mask's bits go to `kept`.
     fn forward_unit(
         &self,
         g: &Geometry,
         qkv: &[f32],
-        unit: usize,
+        (unit, kept): (usize, &mut [u64]),
         scratch: &mut [f32],
         out: Shared,
     ) {
@@ -200,6 +238,7 @@ impl AttentionCore {
                     .iter_mut()
                     .zip(&*multipliers)
                     .for_each(|(p, m)| *p *= m);
+                pack_bits(multipliers, kept);
             }
             let dst = out.0.add(g.context_offset(unit));
             matmul(l, d, l, dst, g.hidden, View::rows(probs.as_ptr(), l), v);
@@ -217,10 +256,19 @@ impl CustomOp1 for AttentionCore {
         let g = Geometry::of(self.heads, layout)?;
         let mut context = vec![0f32; g.batch * g.len * g.hidden];
         let out = Shared(context.as_mut_ptr());
-        (0..g.units()).into_par_iter().for_each_init(
+        let words = match self.dropout {
+            Some(_) => (g.len * g.len).div_ceil(64),
+            None => 1,
+        };
+        let mut kept = vec![0u64; g.units() * words];
+        kept.par_chunks_mut(words).enumerate().for_each_init(
             || vec![0f32; 2 * g.len * g.len],
             |scratch, unit| self.forward_unit(&g, qkv, unit, scratch, out),
         );
+        if self.dropout.is_some() {
+            // Each op is applied once (a second forward would keep the first's bits).
+            let _ = self.kept.set(kept);
+        }
         Ok((
             CpuStorage::F32(context),
             Shape::from((g.batch, g.len, g.hidden)),
@@ -379,11 +427,7 @@ mod tests {
                 p: 0.3,
             }),
         ] {
-            let op = AttentionCore {
-                heads,
-                mask: host.clone().into(),
-                dropout,
-            };
+            let op = AttentionCore::new(heads, host.clone().into(), dropout);
             let fused = op.forward(qkv.as_tensor()).unwrap();
             let reference = composed(qkv.as_tensor(), &op, &mask);
             assert!(max_diff(&fused, &reference) < 1e-5, "forward {dropout:?}");
@@ -423,11 +467,7 @@ mod tests {
         let xs = values(b * l * w, 0.7);
         let probe = Tensor::from_vec(values(b * l * heads * d, 2.1), (b, l, heads * d), &dev);
         let probe = probe.unwrap();
-        let op = AttentionCore {
-            heads,
-            mask: vec![0.0; b * l].into(),
-            dropout: None,
-        };
+        let op = AttentionCore::new(heads, vec![0.0; b * l].into(), None);
         let loss = |v: &[f32]| -> f32 {
             let x = Tensor::from_vec(v.to_vec(), (b, l, w), &dev).unwrap();
             let y = op.forward(&x).unwrap();

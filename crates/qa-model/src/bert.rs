@@ -254,13 +254,10 @@ impl SelfAttention {
     ) -> Result<Tensor> {
         let context = match &mask.host {
             Some(host) => {
-                let core = AttentionCore {
-                    heads: self.heads,
-                    mask: host.clone(),
-                    dropout: dropout
-                        .as_deref_mut()
-                        .and_then(|rng| rng.next(self.attention_dropout)),
-                };
+                let dropout = dropout
+                    .as_deref_mut()
+                    .and_then(|rng| rng.next(self.attention_dropout));
+                let core = AttentionCore::new(self.heads, host.clone(), dropout);
                 let qkv = self.qkv(x)?;
                 if inference {
                     qkv.apply_op1_no_bwd(&core)?

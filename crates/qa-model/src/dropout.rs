@@ -40,7 +40,8 @@ impl PhiloxDropout {
         [self.seed as u32, (self.seed >> 32) as u32]
     }
 
-    fn scale(&self) -> f32 {
+    /// `1 / (1 - p)`, the multiplier of kept elements.
+    pub fn scale(&self) -> f32 {
         (1.0 / (1.0 - f64::from(self.p))) as f32
     }
 
