@@ -85,9 +85,12 @@ struct Cli {
     /// off].
     #[arg(long)]
     pad_to_max_length: bool,
-    /// Batch features of similar length together (HF group_by_length) [default: off].
-    #[arg(long)]
+    /// Batch features of similar length together (HF group_by_length) [default: on].
+    #[arg(long, conflicts_with = "no_group_by_length")]
     group_by_length: bool,
+    /// Batches in plain shuffled order (HF Trainer's default).
+    #[arg(long)]
+    no_group_by_length: bool,
     /// Replay a recorded data order (JSON list of feature indices per epoch, e.g. HF Trainer's
     /// train_order.json) instead of the seeded shuffle.
     #[arg(long)]
@@ -149,7 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         t.data_order = cli.data_order;
     }
     t.pad_to_max_length |= cli.pad_to_max_length;
-    t.group_by_length |= cli.group_by_length;
+    t.group_by_length = (t.group_by_length || cli.group_by_length) && !cli.no_group_by_length;
     t.dropout &= !cli.no_dropout;
     anyhow::ensure!(t.batch_size > 0, "--batch-size must be at least 1");
     let opts = TrainOptions {
