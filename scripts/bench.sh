@@ -105,13 +105,14 @@ table="$out/table.md"
   echo "| measure ($(nproc) CPUs here; BENCH_RUNS=$runs) | ours | PyTorch | ours vs PyTorch |"
   echo "|---|---|---|---|"
 } > "$table"
+round() { [ -n "$1" ] && echo "$1" | awk '{ printf ($1 >= 100 ? "%.0f" : "%.2f"), $1 }'; }
 # row NAME OURS TORCH higher|lower: the last column is a speed-up (>1: ours better) either way.
 row() {
   local adv=
   if [ -n "$2" ] && [ -n "$3" ]; then
     adv=$(echo "$2 $3 $4" | awk '{ r = ($3 == "higher") ? $1 / $2 : $2 / $1; printf "%.2fx", r }')
   fi
-  echo "| $1 | $2 | $3 | $adv |" | tee -a "$table"
+  echo "| $1 | $(round "$2") | $(round "$3") | $adv |" | tee -a "$table"
 }
 "$bin/squad-ingest" --input "$train" --output "$out/train96.examples.parquet" --limit 96 2>/dev/null
 "$bin/qa-features" --examples "$out/train96.examples.parquet" --tokenizer "$model" --split train --output "$out/train96.features.parquet" 2>/dev/null
@@ -135,7 +136,10 @@ torch_train() {
       --out "$out/ref-train-$mode" $flag 2>/dev/null | tail -1)
   echo "$(echo "$s" | sed -n 's/.*"train_features_per_s": \([0-9.]*\).*/\1/p') $(peak_rss_mib "$out/time.txt")"
 }
+# BENCH_REUSE_TRAIN=1 keeps the last run's training measurements (runs/bench/ours-*.txt,
+# torch-*.txt) and measures the rest.
 for mode in fixed dynamic; do
+  [ "${BENCH_REUSE_TRAIN:-0}" = 1 ] && [ -s "$out/ours-$mode.txt" ] && continue
   : > "$out/ours-$mode.txt"; : > "$out/torch-$mode.txt"
   for _ in $(seq "$runs"); do  # alternate the two, so drift in the machine's load hits both
     ours_train $mode 2 >> "$out/ours-$mode.txt"
