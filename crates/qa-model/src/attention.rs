@@ -20,6 +20,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::dropout::PhiloxDropout;
+use crate::fused::contiguous_f32;
 
 /// Attention over a fused `[batch, len, 3 * hidden]` QKV projection (Q, K, V side by side,
 /// each `heads x head_dim` wide) → the context `[batch, len, hidden]`.
@@ -161,16 +162,6 @@ struct Shared(*mut f32);
 // SAFETY: every task writes only its own (batch row, head) columns.
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{op}: f32 only");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op}: contiguous inputs only");
-    };
-    Ok(&data[a..b])
-}
 
 impl AttentionCore {
     pub fn new(heads: usize, mask: Arc<[f32]>, dropout: Option<PhiloxDropout>) -> Self {

@@ -8,21 +8,11 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
-use crate::fused::ColumnPartialSums;
+use crate::fused::{contiguous_f32, ColumnPartialSums};
 
 /// `(x [rows, in], weight [out, in], bias [out])` → `[rows, out]`.
 #[derive(Debug, Clone, Copy)]
 pub struct DenseOp;
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{op}: f32 only");
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{op}: contiguous inputs only");
-    };
-    Ok(&data[a..b])
-}
 
 fn parallelism() -> Parallelism {
     match candle_core::utils::get_num_threads() {

@@ -25,7 +25,7 @@ pub fn enabled_on(device: &candle_core::Device) -> bool {
 /// Row ranges of the weight/bias gradient partial sums.
 pub const PARTS: usize = 32;
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("{op}: f32 only");
     };
