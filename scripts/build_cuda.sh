@@ -2,6 +2,7 @@
 # Builds the binaries with candle's CUDA backend (cargo feature `cuda`) into their own target
 # directory, so the CPU build (`make test`, CI) is untouched:
 #   scripts/build_cuda.sh [cargo args...]        -> $CUDA_TARGET_DIR/release/{qa-train,qa-eval,qa-infer,...}
+#                                                  (+ the GPU test binary, + clippy of the CUDA code)
 #
 # With a CUDA toolkit installed (nvcc on PATH, libcuda/cublas/curand where the linker looks),
 # this is a plain `cargo build --release --features cuda`. Without one (no GPU, no driver:
@@ -22,4 +23,14 @@ if [ "${SQUAD_CUDA_FROM_PYPI:-0}" = 1 ] || ! command -v nvcc >/dev/null; then
 fi
 command -v nvcc >/dev/null || { echo "build_cuda: no nvcc (install the CUDA toolkit, or set SQUAD_CUDA_FROM_PYPI=1)" >&2; exit 1; }
 echo "build_cuda: $(nvcc --version | tail -1); CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-auto}; target $CARGO_TARGET_DIR" >&2
-cargo build --release --locked --bins --features qa-train/cuda,qa-eval/cuda,qa-infer/cuda "$@"
+FEATURES=qa-train/cuda,qa-eval/cuda,qa-infer/cuda
+cargo build --release --locked --bins --features $FEATURES "$@"
+# The GPU parity tests (crates/qa-train/tests/gpu.rs), in the release profile so they reuse
+# the binaries' dependencies; scripts/gpu_bundle.sh carries them. SQUAD_CUDA_TESTS=0 skips.
+if [ "${SQUAD_CUDA_TESTS:-1}" = 1 ]; then
+  cargo test --release --locked --workspace --no-run --test gpu --features $FEATURES "$@"
+fi
+# Lints of the CUDA-only code (CI's clippy cannot see it). SQUAD_CUDA_CLIPPY=0 skips.
+if [ "${SQUAD_CUDA_CLIPPY:-1}" = 1 ]; then
+  cargo clippy --release --locked --workspace --all-targets --features $FEATURES "$@" -- -D warnings
+fi

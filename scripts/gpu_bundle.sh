@@ -23,6 +23,18 @@ for t in qa-train qa-eval squad-ingest qa-features; do
   strip -o "$B/bin/$t" "$CUDA_BIN/$t"
   xz -6 -T2 "$B/bin/$t"
 done
+# The GPU parity tests (built by scripts/build_cuda.sh): the newest `gpu-*` test binary, run
+# by gpu_check.sh from the repo root (they find their fixtures there), with the fixtures.
+GPU_TEST=$(ls -t "$CUDA_BIN"/deps/gpu-* 2>/dev/null | grep -v '\.d$' | head -1)
+if [ -n "$GPU_TEST" ]; then
+  strip -o "$B/bin/gpu-tests" "$GPU_TEST"
+  xz -6 -T2 "$B/bin/gpu-tests"
+  mkdir -p "$B/fixtures"
+  tar -cf "$B/fixtures/fixtures.tar" crates/qa-model/tests/fixtures/seed0_qa_head.safetensors \
+    crates/qa-features/tests/fixtures/tiny.train.ref.parquet crates/qa-features/tests/fixtures/dev200.eval.ref.parquet
+else
+  echo "gpu_bundle: no GPU test binary in $CUDA_BIN/deps (scripts/build_cuda.sh builds it)" >&2
+fi
 for f in config.json tokenizer.json vocab.txt tokenizer_config.json special_tokens_map.json; do
   [ -e "$MODEL/$f" ] && cp "$MODEL/$f" "$S/model/"
 done

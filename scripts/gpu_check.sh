@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check: run from the repo root on a machine with an NVIDIA GPU and the carried bundle
 # (scripts/gpu_bundle.sh), no cargo needed. Prints one table:
-#   1. parity, CUDA vs CPU: eval logits (1e-3), first-step loss and grad norm (1e-3 relative),
-#      weights after one AdamW step (1e-4);
+#   1. parity, CUDA vs CPU: the cargo GPU tests (crates/qa-train/tests/gpu.rs: eval logits 1e-3,
+#      a training step per kernel choice: loss and grad norm 1e-3 relative, weights 1e-4;
+#      dropout masks), and exact resume on the device;
 #   2. speed at the seed settings (fp32, padded to 384, batch 8) on a fixed slice, ours and
 #      ../shared/ref/ref_train.py --cuda on the same slice; eval throughput on the full dev set;
 #   3. quality: the seed settings on the largest slice of train-v1.1 that fits the time left
@@ -99,45 +100,22 @@ features dev100 dev "$DEV_JSON" 100
 features dev dev "$DEV_JSON" ${DEV_QUESTIONS:-}
 features speed train "$TRAIN_JSON" "$SPEED_Q"
 
-# --- 1. parity -----------------------------------------------------------------------------
-for d in cpu $DEV; do
-  rm -rf "$W/parity-eval-$d"
-  run "eval-$d" "$B/qa-eval" --model "$M" --features "$W/dev100.features.parquet" --examples "$W/dev100.examples.parquet" --output "$W/parity-eval-$d" --device $d --quiet
-  run "step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-step-$d" --device $d \
-    --max-steps 1 --no-dropout --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
-  # Dropout on: the Philox masks are the same on both devices, so the losses agree too.
-  run "dropout-step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-dropout-$d" --device $d \
-    --max-steps 1 --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
-done
-# The fused LayerNorm/softmax CUDA kernels (opt-in until verified here): one step against the CPU.
-for d in cpu $DEV; do
-  SQUAD_QA_FUSED_CUDA=1 run "fused-step-$d" "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/parity-fused-$d" --device $d \
-    --max-steps 1 --pad-to-max-length --logging-steps 1 --save-steps 0 --quiet --overwrite
-done
-diff=$("$B/qa-eval" compare-logits "$W/parity-eval-cpu/eval_logits.parquet" "$W/parity-eval-$DEV/eval_logits.parquet" --tolerance 1e-3 2>&1 | tail -1)
-row "parity: eval logits, max |cuda-cpu| (100 dev questions)" "$(echo "$diff" | python3 -c 'import json,sys;print("%.2e" % json.loads(sys.stdin.read())["max_abs_diff"])' 2>/dev/null || echo "$diff")" "" "<= 1e-3" "$(echo "$diff" | grep -q '"within":true' && echo PASS || echo FAIL)"
-python3 - "$W/parity-step-cpu" "$W/parity-step-$DEV" >> "$TABLE" <<'PY' || echo "parity: one step	error		" >> "$TABLE"
-import json, sys
-import numpy as np
-from safetensors.numpy import load_file
-cpu, gpu = sys.argv[1], sys.argv[2]
-def first(run):
-    return next(json.loads(l) for l in open(run + "/metrics.jsonl") if '"loss"' in l)
-a, b = first(cpu), first(gpu)
-for key, name in (("loss", "first-step loss"), ("grad_norm", "first-step grad norm")):
-    rel = abs(a[key] - b[key]) / abs(a[key])
-    print(f"parity: {name} (cuda {b[key]:.6f}, cpu {a[key]:.6f})\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
-wa, wb = load_file(cpu + "/model/model.safetensors"), load_file(gpu + "/model/model.safetensors")
-worst = max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
-print(f"parity: weights after one AdamW step, max |cuda-cpu|\t{worst:.2e}\t\t<= 1e-4\t{'PASS' if worst <= 1e-4 else 'FAIL'}")
-a, b = first(cpu.replace("parity-step", "parity-dropout")), first(gpu.replace("parity-step", "parity-dropout"))
-rel = abs(a["loss"] - b["loss"]) / abs(a["loss"])
-print(f"parity: first-step loss, dropout on (cuda {b['loss']:.6f}, cpu {a['loss']:.6f})\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
-a, b = first(cpu.replace("parity-step", "parity-fused")), first(gpu.replace("parity-step", "parity-fused"))
-for key in ("loss", "grad_norm"):
-    rel = abs(a[key] - b[key]) / abs(a[key])
-    print(f"parity: first-step {key}, fused LayerNorm/softmax kernels (SQUAD_QA_FUSED_CUDA=1)\t{rel:.2e} rel\t\t<= 1e-3\t{'PASS' if rel <= 1e-3 else 'FAIL'}")
-PY
+# --- 1. parity: the cargo GPU tests (crates/qa-train/tests/gpu.rs, built by build_cuda.sh) ---
+# CUDA against the CPU on the oracle's seeded checkpoint: eval logits (1e-3), a training step
+# with each choice of kernels (loss and grad norm 1e-3 relative, weights 1e-4), dropout masks.
+if [ -e "$BUNDLE/bin/gpu-tests.xz" ]; then
+  [ -e "$BUNDLE/fixtures/fixtures.tar" ] && tar -xf "$BUNDLE/fixtures/fixtures.tar"
+  ln -sfn "$M" data/models/all-MiniLM-L6-v2 2>/dev/null || true
+  if [ "$DEV" = cpu ]; then
+    row "parity: cargo GPU tests" "skipped (GPU_CHECK_DEVICE=cpu)" "" "" ""
+  elif run gpu-tests "$B/gpu-tests" --test-threads 1; then
+    row "parity: cargo GPU tests (eval logits, step x3 kernel choices, dropout)" "$(grep -c '\.\.\. ok' "$W/logs/gpu-tests.log") passed" "" "all pass" PASS
+  else
+    row "parity: cargo GPU tests" "$(grep -E 'FAILED|panicked' "$W/logs/gpu-tests.log" | head -1)" "" "all pass" FAIL
+  fi
+else
+  row "parity: cargo GPU tests" "no gpu-tests in the bundle (scripts/build_cuda.sh, then gpu_bundle.sh)" "" "all pass" FAIL
+fi
 
 # Exact resume on the device: 8 steps straight, and 8 steps resumed from the step-4 checkpoint.
 RESUME_FLAGS="--max-steps 8 --save-steps 4 --save-total-limit 3 --pad-to-max-length --logging-steps 1 --quiet"
@@ -162,11 +140,11 @@ if run ref-speed python3 "$BUNDLE/ref/ref_train.py" $REF_DEV --model "$M" --trai
 fi
 ratio=$(python3 -c "print(round($ours_speed/$ref_speed,2) if $ref_speed else 'n/a')")
 row "speed: train features/s, fp32, pad 384, batch 8 (${nfeat:-?} features)" "$ours_speed" "$ref_speed" ">= 1.0x" "${ratio}x"
-if SQUAD_QA_FUSED_CUDA=1 run train-speed-fused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-fused" --device $DEV $SEED_FLAGS; then
-  row "speed: the same with the fused LayerNorm/softmax kernels (SQUAD_QA_FUSED_CUDA=1)" "$(json "$W/speed-fused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
+if run train-speed-fused "$B/qa-train" --fused-cuda-norm --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-fused" --device $DEV $SEED_FLAGS; then
+  row "speed: the same with the fused LayerNorm/softmax kernels (--fused-cuda-norm)" "$(json "$W/speed-fused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
 fi
-if [ -z "${SKIP_UNFUSED:-}" ] && QA_TRAIN_FUSED_ADAMW=0 run train-speed-unfused "$B/qa-train" --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-unfused" --device $DEV $SEED_FLAGS; then
-  row "speed: the same, AdamW tensor by tensor (QA_TRAIN_FUSED_ADAMW=0)" "$(json "$W/speed-unfused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
+if [ -z "${SKIP_UNFUSED:-}" ] && run train-speed-unfused "$B/qa-train" --no-fused-adamw --model "$M" --features "$W/speed.features.parquet" --output "$W/speed-unfused" --device $DEV $SEED_FLAGS; then
+  row "speed: the same, AdamW tensor by tensor (--no-fused-adamw)" "$(json "$W/speed-unfused/train_summary.json" 'round(d["train_features_per_second"],1)')" "$ref_speed" "" ""
 fi
 if run eval-speed "$B/qa-eval" --model "$M" --features "$W/dev.features.parquet" --examples "$W/dev.examples.parquet" --output "$W/eval-speed" --device $DEV --batch-size 8 --quiet; then
   ours_eval=$(json "$W/eval-speed/metrics.json" 'round(d["features_per_second"],1)')

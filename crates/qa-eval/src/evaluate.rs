@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
+use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint, RunPlan};
 use serde::Serialize;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::{sha256_file, write_atomic_bytes};
@@ -89,7 +89,7 @@ pub fn run_forward(
     let on_host = model.device().is_cpu();
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Feature> = chunk.iter().map(|&i| &feats[i]).collect();
-        let (s, e) = model.infer(&make_batch(&refs, None, model.device())?)?;
+        let (s, e) = model.forward(&make_batch(&refs, None, model.device())?, None)?;
         pending.push((s, e, chunk));
         if on_host || pending.len() >= READ_EVERY {
             read(&mut pending)?;
@@ -315,7 +315,7 @@ pub fn write_outputs(
 /// Loads the checkpoint and the eval set, evaluates, and writes the outputs into `output`.
 pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalError> {
     let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
-    let ck = Checkpoint::load(inputs.model, 0, &inputs.device)?;
+    let ck = Checkpoint::load(inputs.model, 0, &RunPlan::inference(inputs.device.clone()))?;
     set.check_tokenizer(&ck.dir)?;
     let _lock = squad_core::lock::DirLock::acquire(
         output,

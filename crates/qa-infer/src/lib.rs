@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use qa_features::{build_features, QaTokenizer, Settings};
-use qa_model::{make_batch, Checkpoint};
+use qa_model::{make_batch, Checkpoint, RunPlan};
 use serde::Serialize;
 use squad_core::features::FeatureSplit;
 use squad_core::{Example, Feature};
@@ -75,7 +75,7 @@ pub struct Inferencer {
 impl Inferencer {
     /// Loads the checkpoint and its tokenizer (from the checkpoint directory).
     pub fn load(model: &str, settings: InferSettings, device: Device) -> Result<Self, InferError> {
-        let checkpoint = Checkpoint::load(model, 0, &device)?;
+        let checkpoint = Checkpoint::load(model, 0, &RunPlan::inference(device.clone()))?;
         let tokenizer = QaTokenizer::load(&checkpoint.dir)?;
         let vocab = tokenizer.tokenizer.get_vocab_size(true);
         if vocab != checkpoint.config.vocab_size {
@@ -125,7 +125,7 @@ impl Inferencer {
             build_features(&self.tokenizer, &[example], settings, FeatureSplit::Eval)?;
         let refs: Vec<&Feature> = features.iter().collect();
         let batch = make_batch(&refs, None, &self.device)?;
-        let (start, end) = self.checkpoint.model.infer(&batch)?;
+        let (start, end) = self.checkpoint.model.forward(&batch, None)?;
         let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (start.to_vec2()?, end.to_vec2()?);
         let offsets: Vec<Vec<Option<(usize, usize)>>> = features
             .iter()

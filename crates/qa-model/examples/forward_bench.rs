@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let arg =
         |i: usize, default: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let (b, len, batches) = (arg(1, 8), arg(2, 384), arg(3, 8));
-    let ck = Checkpoint::load(model, 0, &Device::Cpu)?;
+    let ck = Checkpoint::load(model, 0, &RunPlan::cpu_inference())?;
     let ids: Vec<u32> = (0..b * len)
         .map(|i| 1000 + (i * 7919 % 20000) as u32)
         .collect();
@@ -26,10 +26,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         token_type_ids: Tensor::from_vec(types, (b, len), &Device::Cpu)?,
         attention_mask: Tensor::ones((b, len), candle_core::DType::U32, &Device::Cpu)?,
     };
-    ck.model.infer(&batch)?; // warm-up
+    ck.model.forward(&batch, None)?; // warm-up
     let t = Instant::now();
     for _ in 0..batches {
-        ck.model.infer(&batch)?.0.to_vec2::<f32>()?;
+        ck.model.forward(&batch, None)?.0.to_vec2::<f32>()?;
     }
     let secs = t.elapsed().as_secs_f64();
     println!("{{\"batch\": {b}, \"len\": {len}, \"batches\": {batches}, \"seconds\": {secs:.3}, \"features_per_s\": {:.2}}}", (b * batches) as f64 / secs);

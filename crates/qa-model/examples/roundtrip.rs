@@ -18,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [load, save_dir, features, out] = args.as_slice() else {
         return Err("usage: roundtrip LOAD_DIR SAVE_DIR FEATURES.parquet OUT.json".into());
     };
-    let ck = Checkpoint::load(load, 0, &Device::Cpu)?;
+    let ck = Checkpoint::load(load, 0, &RunPlan::cpu_inference())?;
     if ck.report.fresh_head || !ck.report.unexpected.is_empty() {
         return Err(format!(
             "{load}: fresh head {} / unexpected {:?}",
@@ -52,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for chunk in feats.chunks(8) {
         let refs: Vec<&Feature> = chunk.iter().collect();
-        let (s, e) = ck.model.infer(&make_batch(&refs, None, &Device::Cpu)?)?;
+        let (s, e) = ck.model.forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
         let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
         for (k, f) in chunk.iter().enumerate() {
             rows.push(serde_json::json!({"start": &s[k][..f.len()], "end": &e[k][..f.len()]}));

@@ -4,12 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-
 use crate::bert::BertForQuestionAnswering;
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 use crate::params::{LoadReport, Params};
+use crate::plan::RunPlan;
 
 /// Tokenizer files copied into a saved checkpoint when the source has them.
 pub const TOKENIZER_FILES: [&str; 4] = [
@@ -42,8 +41,9 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
 }
 
 impl Checkpoint {
-    /// Loads `name_or_path`; a base encoder gets a fresh QA head from `seed` (see `report`).
-    pub fn load(name_or_path: &str, seed: u64, device: &Device) -> Result<Self> {
+    /// Loads `name_or_path` onto the plan's device, the model running as `plan` says; a base
+    /// encoder gets a fresh QA head from `seed` (see `report`).
+    pub fn load(name_or_path: &str, seed: u64, plan: &RunPlan) -> Result<Self> {
         let dir = resolve(name_or_path)?;
         let config_path = dir.join("config.json");
         if !config_path.exists() {
@@ -53,8 +53,8 @@ impl Checkpoint {
             });
         }
         let config = BertConfig::from_file(&config_path)?;
-        let (params, report) = Params::load(&dir, &config, seed, device)?;
-        let model = BertForQuestionAnswering::new(config.clone(), &params)?;
+        let (params, report) = Params::load(&dir, &config, seed, &plan.device)?;
+        let model = BertForQuestionAnswering::new(config.clone(), &params, plan)?;
         Ok(Checkpoint {
             dir,
             config,
@@ -68,10 +68,10 @@ impl Checkpoint {
 impl Checkpoint {
     /// A randomly initialised model (HF's init, seeded) with the architecture of
     /// `dir/config.json`: for training from scratch and for memory benchmarks.
-    pub fn random(dir: &Path, seed: u64, device: &Device) -> Result<Self> {
+    pub fn random(dir: &Path, seed: u64, plan: &RunPlan) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        let params = Params::random(&config, seed, device)?;
-        let model = BertForQuestionAnswering::new(config.clone(), &params)?;
+        let params = Params::random(&config, seed, &plan.device)?;
+        let model = BertForQuestionAnswering::new(config.clone(), &params, plan)?;
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
             config,
@@ -203,7 +203,7 @@ pub fn verify(dir: &Path) -> std::result::Result<(), String> {
     let config = BertConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
     let weights = dir.join("model.safetensors");
     let found = safetensors_shapes(&weights)?;
-    for (name, shape) in crate::bert::parameter_shapes(&config) {
+    for (name, shape) in crate::schema::checkpoint_shapes(&config) {
         match found.get(&name) {
             Some(s) if *s == shape => {}
             Some(s) => {

@@ -1,20 +1,20 @@
-//! The model's tensors by canonical HF name (`bert.`-prefixed encoder, `qa_outputs.*`), as
-//! candle `Var`s so the trainer can update them. Loading accepts names with or without the
-//! `bert.` prefix and legacy LayerNorm `gamma`/`beta`, ignores `pooler.*`,
-//! `embeddings.position_ids` and pre-training heads (`cls.*`), and gives a base encoder a
-//! fresh, seeded QA head.
+//! The model's tensors by canonical name (`bert.`-prefixed encoder, `qa_outputs.*`; each
+//! layer's Q, K and V fused, `crate::schema`), as candle `Var`s so the trainer can update
+//! them. Loading accepts names with or without the `bert.` prefix and legacy LayerNorm
+//! `gamma`/`beta`, ignores `pooler.*`, `embeddings.position_ids` and pre-training heads
+//! (`cls.*`), and gives a base encoder a fresh, seeded QA head. Saving writes HF's names.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use crate::bert::parameter_shapes;
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
+use crate::schema::{checkpoint_shapes, fuse_qkv, split_qkv};
 
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -67,26 +67,39 @@ fn normal_tensor(
 }
 
 impl Params {
-    pub fn get(&self, name: &str, shape: &[usize]) -> candle_core::Result<Tensor> {
+    /// The tensor of parameter `name`.
+    pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
         let var = self
             .vars
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
-        if var.dims() != shape {
-            candle_core::bail!(
-                "tensor {name} has shape {:?}, expected {shape:?}",
-                var.dims()
-            );
-        }
         Ok(var.as_tensor().clone())
+    }
+
+    /// Every parameter of `config`'s model is here with its shape (`schema`), and no other.
+    pub fn check(&self, config: &BertConfig) -> candle_core::Result<()> {
+        let expected = crate::schema::parameter_shapes(config);
+        for (name, shape) in &expected {
+            let var = self
+                .vars
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
+            if var.dims() != shape.as_slice() {
+                candle_core::bail!("tensor {name} has shape {:?}, expected {shape:?}", var.dims());
+            }
+        }
+        if self.vars.len() != expected.len() {
+            candle_core::bail!("{} tensors, the model has {}", self.vars.len(), expected.len());
+        }
+        Ok(())
     }
 
     /// A randomly initialised model as HF does it (normal(0, initializer_range) weights and
     /// embeddings, zero biases, LayerNorm 1/0), from a seeded host RNG.
     pub fn random(config: &BertConfig, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut vars = BTreeMap::new();
-        for (name, shape) in parameter_shapes(config) {
+        let mut tensors = HashMap::new();
+        for (name, shape) in checkpoint_shapes(config) {
             let t = if name.contains("LayerNorm.weight") {
                 Tensor::ones(shape.as_slice(), DType::F32, device)?
             } else if name.ends_with(".bias") {
@@ -94,10 +107,11 @@ impl Params {
             } else {
                 normal_tensor(&mut rng, config.initializer_range, &shape, device)?
             };
-            vars.insert(name, Var::from_tensor(&t)?);
+            tensors.insert(name, t);
         }
+        let params = Params::from_tensors(tensors)?;
         // HF zeroes the padding row of the word embeddings (`padding_idx`).
-        let word = &vars["bert.embeddings.word_embeddings.weight"];
+        let word = &params.vars["bert.embeddings.word_embeddings.weight"];
         let pad = config.pad_token_id as usize;
         if pad < config.vocab_size {
             let table = word.as_tensor().slice_assign(
@@ -106,6 +120,15 @@ impl Params {
             )?;
             word.set(&table)?;
         }
+        Ok(params)
+    }
+
+    /// In-memory parameters from checkpoint tensors (HF names): Q, K and V fused.
+    fn from_tensors(tensors: HashMap<String, Tensor>) -> Result<Self> {
+        let vars = fuse_qkv(tensors)?
+            .into_iter()
+            .map(|(name, t)| Ok((name, Var::from_tensor(&t)?)))
+            .collect::<Result<_>>()?;
         Ok(Params { vars })
     }
 
@@ -117,31 +140,10 @@ impl Params {
         seed: u64,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
-        let safetensors = dir.join("model.safetensors");
-        let pickle = dir.join("pytorch_model.bin");
-        let (file, tensors) = if safetensors.exists() {
-            let t = candle_core::safetensors::load(&safetensors, device).map_err(|e| {
-                ModelError::Weights {
-                    path: safetensors.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-            (safetensors, t.into_iter().collect::<Vec<_>>())
-        } else if pickle.exists() {
-            let t = candle_core::pickle::read_all(&pickle).map_err(|e| ModelError::Weights {
-                path: pickle.clone(),
-                message: e.to_string(),
-            })?;
-            (pickle, t)
-        } else {
-            return Err(ModelError::Checkpoint {
-                path: dir.to_path_buf(),
-                message: "no model.safetensors or pytorch_model.bin".into(),
-            });
-        };
-        let expected: HashMap<String, Vec<usize>> = parameter_shapes(config).into_iter().collect();
+        let (file, tensors) = read_weights(dir, device)?;
+        let expected: HashMap<String, Vec<usize>> = checkpoint_shapes(config).into_iter().collect();
         let mut report = LoadReport::default();
-        let mut vars = BTreeMap::new();
+        let mut found = HashMap::new();
         for (name, tensor) in tensors {
             let Some(canonical) = canonical_name(&name) else {
                 continue;
@@ -159,24 +161,10 @@ impl Params {
                     ),
                 });
             }
-            let tensor = tensor.to_dtype(DType::F32)?.to_device(device)?;
-            vars.insert(canonical, Var::from_tensor(&tensor)?);
+            found.insert(canonical, tensor.to_dtype(DType::F32)?.to_device(device)?);
         }
-        let has_head = ["qa_outputs.weight", "qa_outputs.bias"].map(|n| vars.contains_key(n));
-        if has_head == [false, false] {
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let w = normal_tensor(
-                &mut rng,
-                config.initializer_range,
-                &[2, config.hidden_size],
-                device,
-            )?;
-            vars.insert("qa_outputs.weight".into(), Var::from_tensor(&w)?);
-            vars.insert("qa_outputs.bias".into(), Var::zeros(2, DType::F32, device)?);
-            report.fresh_head = true;
-        }
-        let mut missing: Vec<&String> =
-            expected.keys().filter(|n| !vars.contains_key(*n)).collect();
+        report.fresh_head = add_fresh_head(&mut found, config, seed, device)?;
+        let mut missing: Vec<&String> = expected.keys().filter(|n| !found.contains_key(*n)).collect();
         missing.sort();
         if let Some(first) = missing.first() {
             return Err(ModelError::Weights {
@@ -185,10 +173,10 @@ impl Params {
             });
         }
         report.unexpected.sort();
-        Ok((Params { vars }, report))
+        Ok((Params::from_tensors(found)?, report))
     }
 
-    /// Replaces tensors with those of a safetensors file (canonical names, same shapes), e.g.
+    /// Replaces tensors with those of a safetensors file (checkpoint names, same shapes), e.g.
     /// a QA head from elsewhere. Returns how many were replaced.
     pub fn overwrite_from(&mut self, path: &Path, device: &Device) -> Result<usize> {
         let weights = |message: String| ModelError::Weights {
@@ -197,39 +185,86 @@ impl Params {
         };
         let tensors =
             candle_core::safetensors::load(path, device).map_err(|e| weights(e.to_string()))?;
+        let current = self.checkpoint_tensors()?;
         for (name, t) in &tensors {
-            let var = self
-                .vars
+            let now = current
                 .get(name)
                 .ok_or_else(|| weights(format!("unknown tensor {name}")))?;
-            if var.dims() != t.dims() {
+            if now.dims() != t.dims() {
                 return Err(weights(format!(
                     "tensor {name} has shape {:?}, model {:?}",
                     t.dims(),
-                    var.dims()
+                    now.dims()
                 )));
             }
-            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        let mut merged = current;
+        merged.extend(tensors.iter().map(|(n, t)| (n.clone(), t.clone())));
+        for (name, t) in fuse_qkv(merged)? {
+            self.vars[&name].set(&t.to_dtype(DType::F32)?)?;
         }
         Ok(tensors.len())
     }
 
-    /// All tensors by canonical name (what `save` writes).
-    pub fn tensors(&self) -> HashMap<String, Tensor> {
-        self.vars
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect()
+    /// All tensors by checkpoint (HF) name: what `save` writes, Q, K and V apart.
+    pub fn checkpoint_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (name, var) in &self.vars {
+            out.extend(split_qkv(name, var.as_tensor())?);
+        }
+        Ok(out)
     }
 
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.tensors(), path).map_err(|e| {
+        candle_core::safetensors::save(&self.checkpoint_tensors()?, path).map_err(|e| {
             ModelError::WriteWeights {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             }
         })
     }
+}
+
+/// The tensors of `dir/model.safetensors`, else `dir/pytorch_model.bin`, and which file.
+fn read_weights(dir: &Path, device: &Device) -> Result<(PathBuf, Vec<(String, Tensor)>)> {
+    let safetensors = dir.join("model.safetensors");
+    let pickle = dir.join("pytorch_model.bin");
+    let unreadable = |path: &Path, e: candle_core::Error| ModelError::Weights {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if safetensors.exists() {
+        let t = candle_core::safetensors::load(&safetensors, device)
+            .map_err(|e| unreadable(&safetensors, e))?;
+        Ok((safetensors, t.into_iter().collect()))
+    } else if pickle.exists() {
+        let t = candle_core::pickle::read_all(&pickle).map_err(|e| unreadable(&pickle, e))?;
+        Ok((pickle, t))
+    } else {
+        Err(ModelError::Checkpoint {
+            path: dir.to_path_buf(),
+            message: "no model.safetensors or pytorch_model.bin".into(),
+        })
+    }
+}
+
+/// A base encoder (no `qa_outputs` at all) gets a fresh head: normal(0, initializer_range)
+/// weights from `seed`, zero bias. Returns whether it did.
+fn add_fresh_head(
+    tensors: &mut HashMap<String, Tensor>,
+    config: &BertConfig,
+    seed: u64,
+    device: &Device,
+) -> Result<bool> {
+    let has_head = ["qa_outputs.weight", "qa_outputs.bias"].map(|n| tensors.contains_key(n));
+    if has_head != [false, false] {
+        return Ok(false);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let w = normal_tensor(&mut rng, config.initializer_range, &[2, config.hidden_size], device)?;
+    tensors.insert("qa_outputs.weight".into(), w);
+    tensors.insert("qa_outputs.bias".into(), Tensor::zeros(2, DType::F32, device)?);
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use qa_model::checkpoint::save;
-use qa_model::{make_batch, BertConfig, Checkpoint, Params};
+use qa_model::{make_batch, BertConfig, Checkpoint, Params, RunPlan};
 use squad_core::Feature;
 
 fn feature(len: usize) -> Feature {
@@ -23,7 +23,7 @@ fn feature(len: usize) -> Feature {
 fn logits(ck: &Checkpoint) -> Vec<Vec<f32>> {
     let (a, b) = (feature(10), feature(6));
     let batch = make_batch(&[&a, &b], None, &Device::Cpu).unwrap();
-    ck.model.infer(&batch).unwrap().0.to_vec2().unwrap()
+    ck.model.forward(&batch, None).unwrap().0.to_vec2().unwrap()
 }
 
 fn tiny_checkpoint(dir: &std::path::Path) -> Params {
@@ -38,7 +38,7 @@ fn save_then_load_gives_the_same_tensors_and_hf_layout() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");
     let params = tiny_checkpoint(&dir);
-    let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &Device::Cpu).unwrap();
+    let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &RunPlan::cpu_inference()).unwrap();
     assert!(!ck.report.fresh_head);
     for (name, var) in &params.vars {
         let back = &ck.params.vars[name];
@@ -86,11 +86,11 @@ fn unprefixed_legacy_names_and_ignored_tensors_load_the_same_model() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("ck");
     tiny_checkpoint(&dir);
-    let reference = Checkpoint::load(dir.to_str().unwrap(), 0, &Device::Cpu).unwrap();
+    let reference = Checkpoint::load(dir.to_str().unwrap(), 0, &RunPlan::cpu_inference()).unwrap();
     // Rewrite as a sentence-transformers/old-BERT style file: no `bert.` prefix, gamma/beta,
     // plus a pooler and position_ids, which are ignored.
     let mut renamed: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in reference.params.tensors() {
+    for (name, t) in reference.params.checkpoint_tensors().unwrap() {
         let n = name
             .strip_prefix("bert.")
             .unwrap_or(&name)
@@ -107,7 +107,7 @@ fn unprefixed_legacy_names_and_ignored_tensors_load_the_same_model() {
         Tensor::arange(0i64, 64, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&renamed, dir.join("model.safetensors")).unwrap();
-    let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &Device::Cpu).unwrap();
+    let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &RunPlan::cpu_inference()).unwrap();
     assert!(
         ck.report.unexpected.is_empty(),
         "{:?}",
@@ -125,9 +125,9 @@ fn a_base_encoder_gets_a_seeded_untrained_head() {
         candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     t.retain(|name, _| !name.starts_with("qa_outputs"));
     candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
-    let a = Checkpoint::load(dir.to_str().unwrap(), 5, &Device::Cpu).unwrap();
-    let b = Checkpoint::load(dir.to_str().unwrap(), 5, &Device::Cpu).unwrap();
-    let c = Checkpoint::load(dir.to_str().unwrap(), 6, &Device::Cpu).unwrap();
+    let a = Checkpoint::load(dir.to_str().unwrap(), 5, &RunPlan::cpu_inference()).unwrap();
+    let b = Checkpoint::load(dir.to_str().unwrap(), 5, &RunPlan::cpu_inference()).unwrap();
+    let c = Checkpoint::load(dir.to_str().unwrap(), 6, &RunPlan::cpu_inference()).unwrap();
     assert!(a.report.fresh_head);
     assert_eq!(logits(&a), logits(&b));
     assert_ne!(logits(&a), logits(&c));
@@ -139,7 +139,7 @@ fn broken_checkpoints_are_clear_errors() {
     let dir = tmp.path().join("ck");
     tiny_checkpoint(&dir);
     let load = |d: &std::path::Path| {
-        Checkpoint::load(d.to_str().unwrap(), 0, &Device::Cpu)
+        Checkpoint::load(d.to_str().unwrap(), 0, &RunPlan::cpu_inference())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
@@ -188,12 +188,12 @@ fn half_precision_checkpoints_load_as_f32() {
     let params = tiny_checkpoint(&dir);
     for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
         let half: HashMap<String, Tensor> = params
-            .tensors()
+            .checkpoint_tensors().unwrap()
             .into_iter()
             .map(|(k, t)| (k, t.to_dtype(dtype).unwrap()))
             .collect();
         candle_core::safetensors::save(&half, dir.join("model.safetensors")).unwrap();
-        let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &Device::Cpu).unwrap();
+        let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &RunPlan::cpu_inference()).unwrap();
         for (name, var) in &ck.params.vars {
             assert_eq!(var.dtype(), candle_core::DType::F32, "{name}");
             let want: Vec<f32> = half[name]

@@ -5,58 +5,25 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use qa_model::loss::qa_loss;
-use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint};
+use qa_model::schema::split_qkv;
+use qa_model::testing::{self, seeded_checkpoint};
+use qa_model::{make_batch, BertForQuestionAnswering, RunPlan};
 use squad_core::parquet_io::{read_parquet, Columns};
 use squad_core::Feature;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    testing::fixture("qa-model", name)
 }
 
 fn feature_fixture(name: &str) -> PathBuf {
-    root().join("crates/qa-features/tests/fixtures").join(name)
-}
-
-fn model_dir() -> PathBuf {
-    let dir = root().join("data/models/all-MiniLM-L6-v2");
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "{} is missing: run `make model`",
-        dir.display()
-    );
-    dir
-}
-
-/// The oracle's `ref_qa_checkpoint.py --seed 0` model.
-fn seeded_checkpoint() -> (Checkpoint, BertForQuestionAnswering) {
-    let mut ck = Checkpoint::load(model_dir().to_str().unwrap(), 1, &Device::Cpu).unwrap();
-    assert!(ck.report.fresh_head, "the base model has no QA head");
-    let replaced = ck
-        .params
-        .overwrite_from(&fixture("seed0_qa_head.safetensors"), &Device::Cpu)
-        .unwrap();
-    assert_eq!(replaced, 2);
-    let model = BertForQuestionAnswering::new(ck.config.clone(), &ck.params).unwrap();
-    (ck, model)
+    testing::fixture("qa-features", name)
 }
 
 fn oracle_features(path: &Path, n: usize) -> Vec<Feature> {
     qa_features::parity::read_reference(path, n).unwrap()
 }
 
-/// `fused`: the inference path (candle's fused kernels) instead of the differentiable one.
-fn max_logit_diff(
-    model: &BertForQuestionAnswering,
-    features: &[Feature],
-    reference: &Path,
-    fused: bool,
-) -> f32 {
+fn max_logit_diff(model: &BertForQuestionAnswering, features: &[Feature], reference: &Path) -> f32 {
     let (df, _) = read_parquet(reference).unwrap();
     let c = Columns::new(reference, &df);
     let (ref_start, ref_end) = (
@@ -68,11 +35,7 @@ fn max_logit_diff(
     for (b, chunk) in features.chunks(8).enumerate() {
         let refs: Vec<&Feature> = chunk.iter().collect();
         let batch = make_batch(&refs, None, &Device::Cpu).unwrap();
-        let (start, end) = if fused {
-            model.infer(&batch).unwrap()
-        } else {
-            model.forward(&batch, None).unwrap()
-        };
+        let (start, end) = model.forward(&batch, None).unwrap();
         let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
             (start.to_vec2().unwrap(), end.to_vec2().unwrap());
         let batch_len = start[0].len();
@@ -92,33 +55,26 @@ fn max_logit_diff(
 
 #[test]
 fn eval_logits_match_transformers_within_1e_4() {
-    let (_, model) = seeded_checkpoint();
     let tiny = oracle_features(&feature_fixture("tiny.train.ref.parquet"), 18);
     let dev = oracle_features(&feature_fixture("dev200.eval.ref.parquet"), 32);
     let lens: std::collections::BTreeSet<usize> =
         tiny.iter().chain(&dev).map(Feature::len).collect();
     assert!(lens.len() > 20, "varying lengths");
-    for fused in [true, false] {
-        let d1 = max_logit_diff(
-            &model,
-            &tiny,
-            &fixture("tiny.train.logits.ref.parquet"),
-            fused,
-        );
-        let d2 = max_logit_diff(
-            &model,
-            &dev,
-            &fixture("dev32.eval.logits.ref.parquet"),
-            fused,
-        );
-        eprintln!("fused {fused}: max |logit diff|: tiny {d1:e}, dev {d2:e}");
-        assert!(d1 < 1e-4 && d2 < 1e-4, "fused {fused}: tiny {d1}, dev {d2}");
+    // Inference (candle-nn's forward kernels, no backward graph) and the training path.
+    for plan in [RunPlan::cpu_inference(), RunPlan::cpu_train()] {
+        let model = seeded_checkpoint(&plan).model;
+        let d1 = max_logit_diff(&model, &tiny, &fixture("tiny.train.logits.ref.parquet"));
+        let d2 = max_logit_diff(&model, &dev, &fixture("dev32.eval.logits.ref.parquet"));
+        let mode = plan.mode;
+        eprintln!("{mode:?}: max |logit diff|: tiny {d1:e}, dev {d2:e}");
+        assert!(d1 < 1e-4 && d2 < 1e-4, "{mode:?}: tiny {d1}, dev {d2}");
     }
 }
 
 #[test]
 fn first_batch_loss_and_gradients_match_transformers() {
-    let (ck, model) = seeded_checkpoint();
+    let ck = seeded_checkpoint(&RunPlan::cpu_train());
+    let model = &ck.model;
     let feats = oracle_features(&feature_fixture("tiny.train.ref.parquet"), 8);
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("tiny.grads.ref.json")).unwrap()).unwrap();
@@ -138,27 +94,27 @@ fn first_batch_loss_and_gradients_match_transformers() {
 
     let grads = loss.backward().unwrap();
     let mut total = 0f64;
-    for (name, var) in &ck.params.vars {
+    let mut compared = 0;
+    for (fused_name, var) in &ck.params.vars {
         let g = grads
             .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let sq = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
-        total += sq;
-        let want = reference["per_param_l2"][name]
-            .as_f64()
-            .unwrap_or_else(|| panic!("{name} not in reference"));
-        let got = sq.sqrt();
-        assert!(
-            (got - want).abs() <= 1e-3 * want.max(1e-3),
-            "{name}: grad norm {got} vs {want}"
-        );
+            .unwrap_or_else(|| panic!("no gradient for {fused_name}"));
+        // The reference names HF's tensors: the fused QKV gradient splits into three.
+        for (name, g) in split_qkv(fused_name, g).unwrap() {
+            let sq = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            total += sq;
+            let want = reference["per_param_l2"][&name]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name} not in reference"));
+            let got = sq.sqrt();
+            assert!(
+                (got - want).abs() <= 1e-3 * want.max(1e-3),
+                "{name}: grad norm {got} vs {want}"
+            );
+            compared += 1;
+        }
     }
+    assert_eq!(compared, 103, "every tensor of BertForQuestionAnswering");
     let want = reference["grad_l2_norm"].as_f64().unwrap();
     assert!(
         (total.sqrt() - want).abs() / want < 1e-4,

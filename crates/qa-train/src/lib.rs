@@ -11,27 +11,23 @@
 //! - `metrics.jsonl`, `training_curve.svg`, `eval/epoch-E/` (qa-eval's outputs), `config.yaml`,
 //!   `train_summary.json`.
 
-#[cfg(feature = "cuda")]
-mod fused_cuda;
 pub mod metrics_log;
 pub mod optim;
 pub mod order;
 pub mod plot;
 pub mod state;
+pub mod step;
 mod trainer;
 
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use qa_eval::evaluate::{EvalError, EvalSet};
-use qa_model::loss::qa_loss;
-use qa_model::params::decays;
-use qa_model::{make_batch, BertForQuestionAnswering, Params};
+use qa_model::{Mode, RunOptions, RunPlan};
 use squad_core::features::{self, FeatureSplit};
 use squad_core::lock::DirLock;
 use squad_core::{Feature, PipelineConfig};
 
-use optim::{AdamW, Grads};
 use state::newest_intact_checkpoint;
 use trainer::{Inputs, Trainer};
 
@@ -82,6 +78,8 @@ pub struct TrainOptions {
     /// Replace an earlier run in `output`.
     pub overwrite: bool,
     pub progress: bool,
+    /// How the model runs beyond the device (the config's `device`): CLI choices.
+    pub run: RunOptions,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -160,6 +158,7 @@ fn prepare_output(opts: &TrainOptions) -> Result<(), TrainError> {
 /// Runs (or resumes) a training run; see the crate docs for what it writes.
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     let device = qa_model::checkpoint::device(&opts.config.device)?;
+    let plan = RunPlan::new(device, Mode::Train, opts.run.clone());
     let inputs = load_inputs(opts)?;
     let _lock = DirLock::acquire(
         &opts.output,
@@ -172,7 +171,7 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
     } else {
         None
     };
-    let mut trainer = Trainer::prepare(opts, &inputs, device, resume_from)?;
+    let mut trainer = Trainer::prepare(opts, &inputs, plan, resume_from)?;
     trainer.run(&inputs)?;
     trainer.finish(&inputs)
 }
@@ -229,29 +228,6 @@ fn load_inputs(opts: &TrainOptions) -> Result<Inputs, TrainError> {
         eval_set,
         max_length,
     })
-}
-
-/// One optimizer step on one batch with dropout off and no schedule: for parity checks
-/// against torch. Returns (loss, grad norm before clipping).
-pub fn single_step(
-    model: &BertForQuestionAnswering,
-    params: &Params,
-    optimizer: &mut AdamW,
-    batch: &[&Feature],
-    pad_to: Option<usize>,
-    lr: f64,
-    max_grad_norm: f64,
-) -> Result<(f64, f64), TrainError> {
-    let device = model.device();
-    let b = make_batch(batch, pad_to, device)?;
-    let (start, end) = model.forward(&b, None)?;
-    let (starts, ends) = labels(batch);
-    let (loss, _, _) = qa_loss(&start, &end, &starts, &ends)?;
-    let mut grads = Grads::from_store(&loss.backward()?, &params.vars, device.is_cpu())?;
-    let norm = optimizer
-        .clip_and_step(&params.vars, &mut grads, max_grad_norm, lr, decays)?
-        .value()?;
-    Ok((loss.to_scalar::<f32>()? as f64, norm))
 }
 
 /// Flat values of a tensor at `indices` (for comparing against sampled reference tensors).

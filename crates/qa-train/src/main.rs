@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use qa_model::RunOptions;
 use qa_train::{train, EvalData, TrainOptions};
 use squad_core::exit::finish;
 use squad_core::PipelineConfig;
@@ -98,6 +99,14 @@ struct Cli {
     /// Dropout off, for parity checks [default: dropout as the model's config.json sets it].
     #[arg(long)]
     no_dropout: bool,
+    /// On a GPU: train with our fused LayerNorm/softmax CUDA kernels instead of composed candle
+    /// ops [default: off until a GPU check has verified them; the CPU always uses its own].
+    #[arg(long)]
+    fused_cuda_norm: bool,
+    /// On a GPU: clip and step AdamW tensor by tensor instead of with the fused kernels (three
+    /// launches per step), for comparisons.
+    #[arg(long)]
+    no_fused_adamw: bool,
     /// Where to train: cpu, cuda or cuda:N [default: the config's device, cpu].
     #[arg(long)]
     device: Option<String>,
@@ -167,6 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         resume: cli.resume,
         overwrite: cli.overwrite,
         progress: !cli.quiet,
+        run: RunOptions {
+            fused_cuda_norm: cli.fused_cuda_norm,
+            fused_cuda_adamw: !cli.no_fused_adamw,
+        },
     };
     let summary = train(&opts).context("training failed")?;
     eprintln!(

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use qa_model::{Params, RunPlan};
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters (lr comes from the schedule each step).
@@ -135,14 +136,6 @@ impl Grads {
         }
         Ok(())
     }
-
-    /// torch `clip_grad_norm_` over all gradients; returns the norm before clipping.
-    pub fn clip(&mut self, max_norm: f64) -> candle_core::Result<Scalar> {
-        match self {
-            Grads::Host(g) => Ok(Scalar::Host(clip_grad_norm(g, max_norm))),
-            Grads::Device(g) => Ok(Scalar::Device(clip_device_grads(g, max_norm)?)),
-        }
-    }
 }
 
 /// `clip_grad_norm` on device tensors: the norm (f32 scalar) and the scaling factor stay on
@@ -166,70 +159,56 @@ fn clip_device_grads(
     Ok(norm)
 }
 
-#[derive(Debug, Clone)]
+/// HF Trainer's AdamW. Built once per run with the parameters' weight-decay groups and the
+/// way its updates run (host vectors, device tensors, or the fused CUDA kernels), both fixed
+/// from then on. A step is `clip_grad_norm`, then `step`.
+#[derive(Debug)]
 pub struct AdamW {
     pub config: AdamWConfig,
     /// Optimiser steps taken (torch's `step`, the bias-correction exponent).
     pub steps: u64,
     pub moments: BTreeMap<String, Moments>,
+    /// Whether each parameter gets weight decay (HF's groups: `qa_model::params::decays`).
+    decays: BTreeMap<String, bool>,
     #[cfg(feature = "cuda")]
-    fused: FusedSlot,
-}
-
-/// The fused CUDA kernels once loaded, or the note that they could not be.
-#[cfg(feature = "cuda")]
-#[derive(Default)]
-struct FusedSlot {
-    kernels: Option<crate::fused_cuda::FusedAdamW>,
-    unavailable: bool,
-}
-
-#[cfg(feature = "cuda")]
-impl Clone for FusedSlot {
-    /// A copy loads its own buffers at its first step.
-    fn clone(&self) -> Self {
-        FusedSlot::default()
-    }
-}
-
-#[cfg(feature = "cuda")]
-impl std::fmt::Debug for FusedSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FusedSlot(loaded: {})", self.kernels.is_some())
-    }
+    fused: Option<fused::FusedSlot>,
 }
 
 impl AdamW {
-    pub fn new(config: AdamWConfig) -> Self {
+    /// An optimizer for `params` (their decay groups fixed now), stepping as `plan` runs: the
+    /// fused CUDA kernels when the plan asks for them.
+    pub fn new(config: AdamWConfig, params: &Params, plan: &RunPlan) -> Self {
+        let decays = params
+            .vars
+            .keys()
+            .map(|name| (name.clone(), qa_model::params::decays(name)))
+            .collect();
+        #[cfg(not(feature = "cuda"))]
+        let _ = plan;
         AdamW {
             config,
             steps: 0,
             moments: BTreeMap::new(),
+            decays,
             #[cfg(feature = "cuda")]
-            fused: FusedSlot::default(),
+            fused: plan.fused_cuda_adamw().then(fused::FusedSlot::default),
         }
     }
 
-    /// Clips the gradients by their global norm, then steps: on a GPU through the fused
-    /// kernels (three launches in all) when they load, else tensor by tensor. Returns the
-    /// norm before clipping.
-    pub fn clip_and_step(
-        &mut self,
-        params: &BTreeMap<String, Var>,
-        grads: &mut Grads,
-        max_norm: f64,
-        lr: f64,
-        decays: impl Fn(&str) -> bool,
-    ) -> candle_core::Result<Scalar> {
+    /// torch `clip_grad_norm_` over all of `grads` (in place, or on a GPU with the fused
+    /// kernels as a factor the next `step` applies); returns the norm before clipping.
+    /// `max_norm <= 0` disables clipping.
+    pub fn clip_grad_norm(&mut self, grads: &mut Grads, max_norm: f64) -> candle_core::Result<Scalar> {
         #[cfg(feature = "cuda")]
-        if let Grads::Device(g) = grads {
-            if let Some(norm) = self.fused_step(params, g, max_norm, lr, &decays)? {
-                return Ok(norm);
+        if let (Some(slot), Grads::Device(g)) = (self.fused.as_mut(), &mut *grads) {
+            if let Some(norm) = slot.clip(g, max_norm)? {
+                return Ok(Scalar::Device(norm));
             }
         }
-        let norm = grads.clip(max_norm)?;
-        self.step(params, grads, lr, decays)?;
-        Ok(norm)
+        match grads {
+            Grads::Host(g) => Ok(Scalar::Host(clip_grad_norm(g, max_norm))),
+            Grads::Device(g) => Ok(Scalar::Device(clip_device_grads(g, max_norm)?)),
+        }
     }
 
     /// The flat moments of a device parameter, zeros at its first step.
@@ -255,81 +234,27 @@ impl AdamW {
         }
     }
 
-    /// `clip_and_step` through the fused CUDA kernels; None when they are unavailable
-    /// (then nothing was changed) or turned off with `QA_TRAIN_FUSED_ADAMW=0`.
-    #[cfg(feature = "cuda")]
-    fn fused_step(
-        &mut self,
-        params: &BTreeMap<String, Var>,
-        grads: &BTreeMap<String, Tensor>,
-        max_norm: f64,
-        lr: f64,
-        decays: &impl Fn(&str) -> bool,
-    ) -> candle_core::Result<Option<Scalar>> {
-        use crate::fused_cuda::{contiguous, FusedAdamW, StepScalars};
-        if self.fused.unavailable || std::env::var("QA_TRAIN_FUSED_ADAMW").is_ok_and(|v| v == "0") {
-            return Ok(None);
+    /// Multiplier of a parameter at decoupled weight decay with rate `lr`.
+    fn decay(&self, name: &str, lr: f64) -> f64 {
+        if self.decays.get(name).copied().unwrap_or(false) {
+            1.0 - lr * self.config.weight_decay
+        } else {
+            1.0
         }
-        let Some(first) = params.values().next() else {
-            return Ok(None);
-        };
-        if self.fused.kernels.is_none() {
-            match FusedAdamW::new(first.device(), params.len()) {
-                Ok(k) => self.fused.kernels = Some(k),
-                Err(e) => {
-                    eprintln!("qa-train: warning: fused AdamW kernels unavailable ({e}); stepping tensor by tensor");
-                    self.fused.unavailable = true;
-                    return Ok(None);
-                }
-            }
-        }
-        let grads = contiguous(grads)?;
-        for (name, g) in &grads {
-            self.device_moments(name, g)?;
-        }
-        self.steps += 1;
-        let u = self.update_scalars(lr);
-        let scalars = StepScalars {
-            max_norm: max_norm as f32,
-            decay: (1.0 - lr * self.config.weight_decay) as f32,
-            step_size: u.step_size as f32,
-            beta1: u.beta1 as f32,
-            beta2: u.beta2 as f32,
-            bias2_sqrt: u.bias2_sqrt as f32,
-            eps: u.eps as f32,
-        };
-        let mut list = Vec::with_capacity(params.len());
-        for (name, var) in params {
-            let g = grads
-                .get(name)
-                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
-            let Some(Moments::Device { m, v }) = self.moments.get(name) else {
-                candle_core::bail!("{name}: optimizer state is on another device");
-            };
-            list.push((var, m, v, g, decays(name)));
-        }
-        let kernels = self.fused.kernels.as_mut().expect("loaded above");
-        Ok(Some(Scalar::Device(kernels.step(&list, &scalars)?)))
     }
 
-    /// One update of every parameter in `params` with its gradient in `grads` (same names).
-    /// `decays(name)` says whether weight decay applies.
-    pub fn step(
-        &mut self,
-        params: &BTreeMap<String, Var>,
-        grads: &Grads,
-        lr: f64,
-        decays: impl Fn(&str) -> bool,
-    ) -> candle_core::Result<()> {
+    /// One update of every parameter with its (clipped) gradient in `grads`.
+    pub fn step(&mut self, params: &Params, grads: &Grads, lr: f64) -> candle_core::Result<()> {
         self.steps += 1;
-        let c = self.config;
+        #[cfg(feature = "cuda")]
+        if let Grads::Device(g) = grads {
+            if self.fused.as_ref().is_some_and(|s| s.clipped()) {
+                return self.fused_step(params, g, lr);
+            }
+        }
         let update = self.update_scalars(lr);
-        for (name, var) in params {
-            let decay = if decays(name) {
-                1.0 - lr * c.weight_decay
-            } else {
-                1.0
-            };
+        for (name, var) in &params.vars {
+            let decay = self.decay(name, lr);
             let missing = || candle_core::Error::Msg(format!("no gradient for {name}"));
             match grads {
                 Grads::Host(g) => {
@@ -357,6 +282,118 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// `step` through the fused CUDA kernels, with the factor of the `clip_grad_norm` before.
+    #[cfg(feature = "cuda")]
+    fn fused_step(
+        &mut self,
+        params: &Params,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) -> candle_core::Result<()> {
+        use qa_kernels::adamw::{ParamSlot, StepScalars};
+        let grads = fused::contiguous(grads)?;
+        for (name, g) in &grads {
+            self.device_moments(name, g)?;
+        }
+        let u = self.update_scalars(lr);
+        let scalars = StepScalars {
+            decay: (1.0 - lr * self.config.weight_decay) as f32,
+            step_size: u.step_size as f32,
+            beta1: u.beta1 as f32,
+            beta2: u.beta2 as f32,
+            bias2_sqrt: u.bias2_sqrt as f32,
+            eps: u.eps as f32,
+        };
+        let mut slots = Vec::with_capacity(params.vars.len());
+        for (name, var) in &params.vars {
+            let grad = grads
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient for {name}")))?;
+            let Some(Moments::Device { m, v }) = self.moments.get(name) else {
+                candle_core::bail!("{name}: optimizer state is on another device");
+            };
+            let decays = self.decays.get(name).copied().unwrap_or(false);
+            slots.push(ParamSlot { param: var, m, v, grad, decays });
+        }
+        let slot = self.fused.as_mut().expect("checked by step");
+        slot.update(&slots, &scalars)
+    }
+}
+
+/// The fused CUDA kernels of a run, loaded at the first step.
+#[cfg(feature = "cuda")]
+mod fused {
+    use std::collections::BTreeMap;
+
+    use candle_core::{Result, Tensor};
+    use qa_kernels::adamw::{FusedAdamW, ParamSlot, StepScalars};
+
+    /// The kernels once loaded (or the note that they could not be), and whether the last
+    /// clip left a factor for the next update.
+    #[derive(Default)]
+    pub struct FusedSlot {
+        kernels: Option<FusedAdamW>,
+        unavailable: bool,
+        clipped: bool,
+    }
+
+    impl std::fmt::Debug for FusedSlot {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "FusedSlot(loaded: {})", self.kernels.is_some())
+        }
+    }
+
+    impl FusedSlot {
+        /// The global norm through the kernels; None when they cannot load (then the caller
+        /// clips with tensor ops and steps tensor by tensor).
+        pub fn clip(
+            &mut self,
+            grads: &mut BTreeMap<String, Tensor>,
+            max_norm: f64,
+        ) -> Result<Option<Tensor>> {
+            if self.unavailable {
+                return Ok(None);
+            }
+            let Some(first) = grads.values().next() else {
+                return Ok(None);
+            };
+            if self.kernels.is_none() {
+                match FusedAdamW::new(first.device(), grads.len()) {
+                    Ok(k) => self.kernels = Some(k),
+                    Err(e) => {
+                        eprintln!("qa-train: warning: fused AdamW kernels unavailable ({e}); stepping tensor by tensor");
+                        self.unavailable = true;
+                        return Ok(None);
+                    }
+                }
+            }
+            *grads = contiguous(grads)?;
+            let list: Vec<&Tensor> = grads.values().collect();
+            let kernels = self.kernels.as_mut().expect("loaded above");
+            let norm = kernels.clip(&list, max_norm as f32)?;
+            self.clipped = true;
+            Ok(Some(norm))
+        }
+
+        pub fn clipped(&self) -> bool {
+            self.clipped
+        }
+
+        pub fn update(&mut self, slots: &[ParamSlot], scalars: &StepScalars) -> Result<()> {
+            self.clipped = false;
+            let kernels = self.kernels.as_mut().expect("loaded by clip");
+            kernels.update(slots, scalars)
+        }
+    }
+
+    /// Contiguous copies where needed (a gradient of a transposed weight is strided).
+    pub fn contiguous(grads: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        grads
+            .iter()
+            .map(|(k, g)| Ok((k.clone(), g.contiguous()?)))
+            .collect()
     }
 }
 
@@ -513,27 +550,29 @@ mod tests {
     #[test]
     fn first_adamw_step_moves_by_lr_times_sign_and_decays_only_weights() {
         let dev = Device::Cpu;
-        let params = BTreeMap::from([
-            (
-                "x.weight".to_string(),
-                Var::new(&[1.0f32, -1.0, 0.5], &dev).unwrap(),
-            ),
-            ("x.bias".to_string(), Var::new(&[1.0f32], &dev).unwrap()),
-        ]);
+        let params = Params {
+            vars: BTreeMap::from([
+                (
+                    "x.weight".to_string(),
+                    Var::new(&[1.0f32, -1.0, 0.5], &dev).unwrap(),
+                ),
+                ("x.bias".to_string(), Var::new(&[1.0f32], &dev).unwrap()),
+            ]),
+        };
         let grads = Grads::Host(BTreeMap::from([
             ("x.weight".to_string(), vec![0.5f32, -2.0, 0.0]),
             ("x.bias".to_string(), vec![1.0f32]),
         ]));
-        let mut opt = AdamW::new(AdamWConfig {
+        let config = AdamWConfig {
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.1,
-        });
-        opt.step(&params, &grads, 0.01, |n| n.ends_with(".weight"))
-            .unwrap();
-        let w: Vec<f32> = params["x.weight"].as_tensor().to_vec1().unwrap();
-        let b: Vec<f32> = params["x.bias"].as_tensor().to_vec1().unwrap();
+        };
+        let mut opt = AdamW::new(config, &params, &RunPlan::cpu_train());
+        opt.step(&params, &grads, 0.01).unwrap();
+        let w: Vec<f32> = params.vars["x.weight"].as_tensor().to_vec1().unwrap();
+        let b: Vec<f32> = params.vars["x.bias"].as_tensor().to_vec1().unwrap();
         let decay = 1.0 - 0.01 * 0.1;
         let want = [1.0 * decay - 0.01, -1.0 * decay + 0.01, 0.5 * decay];
         for (a, b) in w.iter().zip(want) {
@@ -560,11 +599,13 @@ mod tests {
             weight_decay: 0.1,
         };
         let run = |host: bool| -> (Vec<f32>, Vec<f64>) {
-            let params = BTreeMap::from([
-                ("a.weight".to_string(), Var::new(&init[..3], &dev).unwrap()),
-                ("a.bias".to_string(), Var::new(&init[3..], &dev).unwrap()),
-            ]);
-            let mut opt = AdamW::new(config);
+            let params = Params {
+                vars: BTreeMap::from([
+                    ("a.weight".to_string(), Var::new(&init[..3], &dev).unwrap()),
+                    ("a.bias".to_string(), Var::new(&init[3..], &dev).unwrap()),
+                ]),
+            };
+            let mut opt = AdamW::new(config, &params, &RunPlan::cpu_train());
             let mut norms = vec![];
             for g in &steps {
                 let mut grads = if host {
@@ -578,12 +619,11 @@ mod tests {
                         ("a.bias".to_string(), Tensor::new(&g[3..], &dev).unwrap()),
                     ]))
                 };
-                norms.push(grads.clip(1.0).unwrap().value().unwrap());
-                opt.step(&params, &grads, 0.01, |n| n.ends_with(".weight"))
-                    .unwrap();
+                norms.push(opt.clip_grad_norm(&mut grads, 1.0).unwrap().value().unwrap());
+                opt.step(&params, &grads, 0.01).unwrap();
             }
-            let mut out: Vec<f32> = params["a.weight"].as_tensor().to_vec1().unwrap();
-            out.extend(params["a.bias"].as_tensor().to_vec1::<f32>().unwrap());
+            let mut out: Vec<f32> = params.vars["a.weight"].as_tensor().to_vec1().unwrap();
+            out.extend(params.vars["a.bias"].as_tensor().to_vec1::<f32>().unwrap());
             (out, norms)
         };
         let (host, host_norms) = run(true);

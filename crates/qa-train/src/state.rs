@@ -2,13 +2,14 @@
 //! `trainer_state.json` (step, data position, RNG state, running sums) and
 //! `optimizer.safetensors` (AdamW moments).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
+use qa_model::schema::{fuse_qkv, split_qkv};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{AdamW, AdamWConfig, Moments};
+use crate::optim::{AdamW, Moments};
 use crate::TrainError;
 
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -72,12 +73,18 @@ impl TrainerState {
     }
 }
 
+/// `optimizer.safetensors`: each parameter's AdamW moments, flat, under HF's tensor names
+/// (`exp_avg.NAME`, `exp_avg_sq.NAME`; the fused QKV moments split as their weights are).
 pub fn write_optimizer(opt: &AdamW, dir: &Path) -> Result<(), TrainError> {
     let mut tensors = HashMap::new();
     for (name, moments) in &opt.moments {
         let (m, v) = moments.to_cpu()?;
-        tensors.insert(format!("exp_avg.{name}"), m);
-        tensors.insert(format!("exp_avg_sq.{name}"), v);
+        for (part, m) in split_qkv(name, &m)? {
+            tensors.insert(format!("exp_avg.{part}"), m);
+        }
+        for (part, v) in split_qkv(name, &v)? {
+            tensors.insert(format!("exp_avg_sq.{part}"), v);
+        }
     }
     let path = dir.join(OPTIMIZER_FILE);
     candle_core::safetensors::save(&tensors, &path).map_err(|e| TrainError::Write {
@@ -86,40 +93,40 @@ pub fn write_optimizer(opt: &AdamW, dir: &Path) -> Result<(), TrainError> {
     })
 }
 
-/// The AdamW state of a checkpoint, placed where the run's parameters live.
+/// Loads a checkpoint's AdamW state into `opt` (built for the run's parameters), placed where
+/// they live, with `steps` steps taken.
 pub fn read_optimizer(
-    config: AdamWConfig,
+    opt: &mut AdamW,
     steps: u64,
     dir: &Path,
     device: &Device,
-) -> Result<AdamW, TrainError> {
+) -> Result<(), TrainError> {
     let path = dir.join(OPTIMIZER_FILE);
-    let tensors =
-        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| TrainError::Resume {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-    let mut pairs: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+    let unreadable = |message: String| TrainError::Resume {
+        path: path.clone(),
+        message,
+    };
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let (mut first, mut second) = (HashMap::new(), HashMap::new());
     for (key, t) in tensors {
         if let Some(name) = key.strip_prefix("exp_avg_sq.") {
-            pairs.entry(name.into()).or_default().1 = Some(t);
+            second.insert(name.to_string(), t);
         } else if let Some(name) = key.strip_prefix("exp_avg.") {
-            pairs.entry(name.into()).or_default().0 = Some(t);
+            first.insert(name.to_string(), t);
         }
     }
-    let mut opt = AdamW::new(config);
+    let (mut first, mut second) = (fuse_qkv(first)?, fuse_qkv(second)?);
+    let names: BTreeSet<String> = first.keys().chain(second.keys()).cloned().collect();
     opt.steps = steps;
-    for (name, pair) in pairs {
-        let (Some(m), Some(v)) = pair else {
-            return Err(TrainError::Resume {
-                path,
-                message: format!("{name}: exp_avg or exp_avg_sq missing"),
-            });
+    for name in names {
+        let (Some(m), Some(v)) = (first.remove(&name), second.remove(&name)) else {
+            return Err(unreadable(format!("{name}: exp_avg or exp_avg_sq missing")));
         };
         opt.moments
             .insert(name, Moments::from_tensors(&m, &v, device)?);
     }
-    Ok(opt)
+    Ok(())
 }
 
 /// Step checkpoints under `dir`, oldest first.

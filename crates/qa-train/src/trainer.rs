@@ -1,7 +1,8 @@
 //! The training loop as a small trainer that reads top to bottom: `prepare` (a fresh start or
 //! the newest intact checkpoint), `run` (epochs of `step`s, logging, checkpoints, evaluation at
-//! each epoch's end), `finish` (the final model and summary). The device is chosen once in
-//! `prepare` and travels with the parameters, the optimizer state and each batch.
+//! each epoch's end), `finish` (the final model and summary). How the model runs (device,
+//! kernels) is decided once, in the `RunPlan` `train` builds, and travels with the model, the
+//! optimizer and each batch; each step is `Learner::step`.
 //!
 //! A step leaves its loss and gradient norm where they were computed. On the CPU they are
 //! read at once; on a GPU they are read at logging and checkpoint steps only (`flush`), so
@@ -10,22 +11,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use qa_eval::evaluate::{evaluate_model, write_outputs, EvalSet};
 use qa_model::checkpoint::save_with;
-use qa_model::loss::qa_loss;
-use qa_model::params::decays;
-use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint, DropoutRng, Params};
+use qa_model::{BertForQuestionAnswering, Checkpoint, DropoutRng, Mode, RunPlan};
 use squad_core::postprocess::PostprocessConfig;
 use squad_core::{Feature, PipelineConfig};
 
 use crate::metrics_log::MetricsLog;
-use crate::optim::{AdamW, AdamWConfig, Grads, LinearSchedule, Scalar};
+use crate::optim::{AdamW, AdamWConfig, LinearSchedule, Scalar};
 use crate::state::{self, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
+use crate::step::Learner;
 use crate::{
-    labels, order, peak_rss_mib, record, resume_compatible, steps_per_epoch, TrainError,
-    TrainOptions, TrainSummary,
+    order, peak_rss_mib, record, resume_compatible, steps_per_epoch, TrainError, TrainOptions,
+    TrainSummary,
 };
 
 /// What training reads besides the model: the features, their order, the eval set.
@@ -65,7 +64,7 @@ impl Inputs {
 }
 
 /// The shape of the run: how many steps, how they are batched and the learning rates.
-struct Plan {
+struct RunShape {
     accumulation: usize,
     total_steps: usize,
     epochs: usize,
@@ -73,14 +72,14 @@ struct Plan {
     pad_to: Option<usize>,
 }
 
-impl Plan {
+impl RunShape {
     fn new(config: &PipelineConfig, features: usize) -> Self {
         let tc = &config.train;
         let batches_per_epoch = features.div_ceil(tc.batch_size.max(1));
         let accumulation = tc.gradient_accumulation_steps.max(1);
         let per_epoch = steps_per_epoch(batches_per_epoch, accumulation);
         let total_steps = tc.max_steps.unwrap_or(per_epoch * tc.epochs);
-        Plan {
+        RunShape {
             accumulation,
             total_steps,
             epochs: total_steps.div_ceil(per_epoch),
@@ -138,16 +137,15 @@ impl Progress {
 pub(crate) struct Trainer<'a> {
     opts: &'a TrainOptions,
     config: &'a PipelineConfig,
-    device: Device,
-    plan: Plan,
+    plan: RunPlan,
+    shape: RunShape,
     checkpoints_dir: PathBuf,
     tokenizer_src: PathBuf,
     bert: qa_model::BertConfig,
-    params: Params,
-    model: BertForQuestionAnswering,
-    optimizer: AdamW,
+    learner: Learner,
+    /// The same parameters, running for inference (the evaluation at each epoch's end).
+    eval_model: BertForQuestionAnswering,
     state: TrainerState,
-    dropout: DropoutRng,
     log: MetricsLog,
     last_checkpoint: Option<PathBuf>,
     resumed_from_step: Option<usize>,
@@ -159,80 +157,35 @@ pub(crate) struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    /// Loads the base model (or the newest intact checkpoint with `--resume`) onto `device`,
-    /// with the optimizer, dropout generator and metrics log to continue with.
+    /// Loads the base model (or the newest intact checkpoint with `--resume`) to run as
+    /// `plan` says, with the optimizer, dropout generator and metrics log to continue with.
     pub fn prepare(
         opts: &'a TrainOptions,
         inputs: &Inputs,
-        device: Device,
+        plan: RunPlan,
         resume_from: Option<(usize, PathBuf)>,
     ) -> Result<Self, TrainError> {
         let config = &opts.config;
         let tc = &config.train;
-        let plan = Plan::new(config, inputs.features.len());
-        let ck = load_checkpoint(opts, resume_from.as_ref(), &device)?;
-        let max_position = ck.config.max_position_embeddings;
-        if inputs.max_length.is_some_and(|l| l > max_position) {
-            return Err(TrainError::Input {
-                path: opts.features.clone(),
-                message: format!(
-                    "max_length exceeds the model's max_position_embeddings ({max_position})"
-                ),
-            });
-        }
-        if let (Some(set), false) = (&inputs.eval_set, opts.random_init) {
-            set.check_tokenizer(&ck.dir)?;
-        }
-        let adam = AdamWConfig {
-            beta1: tc.adam_beta1,
-            beta2: tc.adam_beta2,
-            eps: tc.adam_epsilon,
-            weight_decay: tc.weight_decay,
-        };
-        let dropout_seed = tc.seed.wrapping_add(1);
+        let shape = RunShape::new(config, inputs.features.len());
+        let ck = load_checkpoint(opts, resume_from.as_ref(), &plan)?;
+        check_inputs_fit(opts, inputs, &ck)?;
+        let mut optimizer = AdamW::new(adam_config(config), &ck.params, &plan);
         let metrics = opts.output.join("metrics.jsonl");
-        let device_name = qa_model::device::name(&device);
-        let (state, optimizer, dropout, log) = match &resume_from {
+        let (mut state, log) = match &resume_from {
             Some((step, dir)) => {
-                let state = TrainerState::read(dir)?;
-                if state.features_sha256 != inputs.features_sha256 {
-                    return Err(TrainError::Resume {
-                        path: dir.clone(),
-                        message: format!(
-                            "was trained on other features than {}",
-                            opts.features.display()
-                        ),
-                    });
-                }
-                if !state.device.is_empty() && kind(&state.device) != kind(&device_name) {
-                    eprintln!(
-                        "qa-train: warning: {} was saved by a run on {}; continuing on {device_name} (not bit-exact)",
-                        dir.display(),
-                        state.device
-                    );
-                }
-                let optimizer = state::read_optimizer(adam, *step as u64, dir, &device)?;
-                let dropout = DropoutRng::new(dropout_seed);
-                (
-                    state,
-                    optimizer,
-                    dropout,
-                    MetricsLog::resume(&metrics, *step)?,
-                )
+                let state = resumed_state(opts, inputs, dir, &plan)?;
+                state::read_optimizer(&mut optimizer, *step as u64, dir, &plan.device)?;
+                (state, MetricsLog::resume(&metrics, *step)?)
             }
-            None => {
-                let dropout = DropoutRng::new(dropout_seed);
-                let state = TrainerState::new(plan.total_steps, &inputs.features_sha256);
-                (
-                    state,
-                    AdamW::new(adam),
-                    dropout,
-                    MetricsLog::create(&metrics)?,
-                )
-            }
+            None => (
+                TrainerState::new(shape.total_steps, &inputs.features_sha256),
+                MetricsLog::create(&metrics)?,
+            ),
         };
+        state.device = qa_model::device::name(&plan.device);
         config.save(&opts.output.join("config.yaml"))?;
-        let progress = Progress::new(opts.progress, plan.total_steps, state.global_step);
+        let progress = Progress::new(opts.progress, shape.total_steps, state.global_step);
         let Checkpoint {
             dir: tokenizer_src,
             config: bert,
@@ -240,21 +193,28 @@ impl<'a> Trainer<'a> {
             model,
             ..
         } = ck;
-        let mut state = state;
-        state.device = device_name;
+        let eval_model =
+            BertForQuestionAnswering::new(bert.clone(), &params, &plan.with_mode(Mode::Inference))?;
+        let learner = Learner {
+            model,
+            params,
+            optimizer,
+            dropout: tc.dropout.then(|| DropoutRng::new(tc.seed.wrapping_add(1))),
+            pad_to: shape.pad_to,
+            accumulation: shape.accumulation,
+            max_grad_norm: tc.max_grad_norm,
+        };
         Ok(Trainer {
             opts,
             config,
-            device,
             plan,
+            shape,
             checkpoints_dir: opts.output.join("checkpoints"),
             tokenizer_src,
             bert,
-            params,
-            model,
-            optimizer,
+            learner,
+            eval_model,
             state,
-            dropout,
             log,
             last_checkpoint: resume_from.as_ref().map(|(_, d)| d.clone()),
             resumed_from_step: resume_from.map(|(s, _)| s),
@@ -269,34 +229,40 @@ impl<'a> Trainer<'a> {
     pub fn run(&mut self, inputs: &Inputs) -> Result<(), TrainError> {
         let config: &'a PipelineConfig = self.config;
         let tc = &config.train;
-        while self.state.epoch < self.plan.epochs {
+        while self.state.epoch < self.shape.epochs {
             let epoch = self.state.epoch;
             let batches = inputs.epoch_batches(config, epoch)?;
             while self.state.batches_done < batches.len()
-                && self.state.global_step < self.plan.total_steps
+                && self.state.global_step < self.shape.total_steps
             {
                 let from = self.state.batches_done;
-                let group = &batches[from..(from + self.plan.accumulation).min(batches.len())];
+                let group = &batches[from..(from + self.shape.accumulation).min(batches.len())];
+                let micro_batches: Vec<Vec<&Feature>> = group
+                    .iter()
+                    .map(|batch| batch.iter().map(|&i| &inputs.features[i]).collect())
+                    .collect();
                 let started = Instant::now();
-                let step = self.step(&inputs.features, group)?;
+                let lr = self.shape.schedule.lr(self.state.global_step);
+                let step = self.learner.step(self.state.global_step, &micro_batches, lr)?;
                 let s = &mut self.state;
                 s.global_step += 1;
                 s.batches_done += group.len();
-                s.features_seen += step.1;
-                self.window.0 += step.1;
+                s.features_seen += step.features;
+                self.window.0 += step.features;
                 self.pending.push(PendingStep {
                     step: s.global_step,
                     epoch,
                     epoch_position: epoch as f64 + s.batches_done as f64 / batches.len() as f64,
-                    loss: step.0.loss,
-                    grad_norm: step.0.grad_norm,
-                    lr: step.0.lr,
+                    loss: step.loss,
+                    grad_norm: step.grad_norm,
+                    lr: step.lr,
                 });
                 let n = s.global_step;
-                let at_end = n == self.plan.total_steps;
+                let at_end = n == self.shape.total_steps;
                 let log_now = tc.logging_steps > 0 && (n % tc.logging_steps == 0 || at_end);
                 let save_now = tc.save_steps > 0 && n % tc.save_steps == 0 && !at_end;
-                if self.device.is_cpu() || log_now || save_now {
+                // The host reads each step's numbers at once; a GPU run at logging steps only.
+                if self.plan.device.is_cpu() || log_now || save_now {
                     self.flush()?;
                 }
                 self.state.train_seconds += started.elapsed().as_secs_f64();
@@ -308,65 +274,6 @@ impl<'a> Trainer<'a> {
             self.end_epoch(inputs, epoch, batches.len())?;
         }
         Ok(())
-    }
-
-    /// One optimizer step over `group` (one or more micro-batches of feature indices):
-    /// forward, loss, backward, accumulated gradients, clipping, AdamW. Returns what the step
-    /// measured and how many features it saw.
-    fn step(
-        &mut self,
-        features: &[Feature],
-        group: &[Vec<usize>],
-    ) -> Result<(StepResult, usize), TrainError> {
-        let config: &'a PipelineConfig = self.config;
-        let tc = &config.train;
-        let on_host = self.device.is_cpu();
-        self.dropout.begin_step(self.state.global_step);
-        let mut grads: Option<Grads> = None;
-        let mut losses = vec![];
-        let mut seen = 0;
-        for indices in group {
-            let batch_feats: Vec<&Feature> = indices.iter().map(|&i| &features[i]).collect();
-            let batch = make_batch(&batch_feats, self.plan.pad_to, &self.device)?;
-            let rng = tc.dropout.then_some(&mut self.dropout);
-            let (start, end) = self.model.forward(&batch, rng)?;
-            let (starts, ends) = labels(&batch_feats);
-            let (loss, _, _) = qa_loss(&start, &end, &starts, &ends)?;
-            let loss = (loss / self.plan.accumulation as f64)?;
-            let g = Grads::from_store(&loss.backward()?, &self.params.vars, on_host)?;
-            match grads.as_mut() {
-                None => grads = Some(g),
-                Some(acc) => acc.add(g)?,
-            }
-            losses.push(loss.detach());
-            seen += batch_feats.len();
-        }
-        let mut grads = grads.expect("at least one micro-batch");
-        let lr = self.plan.schedule.lr(self.state.global_step);
-        let grad_norm = self.optimizer.clip_and_step(
-            &self.params.vars,
-            &mut grads,
-            tc.max_grad_norm,
-            lr,
-            decays,
-        )?;
-        let loss = if on_host {
-            let mut sum = 0f64;
-            for l in &losses {
-                sum += l.to_scalar::<f32>()? as f64;
-            }
-            Scalar::Host(sum)
-        } else {
-            Scalar::Device(Tensor::stack(&losses, 0)?.sum_all()?)
-        };
-        Ok((
-            StepResult {
-                loss,
-                grad_norm,
-                lr,
-            },
-            seen,
-        ))
     }
 
     /// Reads the pending steps' numbers (waiting for the device), stops on a non-finite loss
@@ -401,7 +308,7 @@ impl<'a> Trainer<'a> {
                 "loss {loss:.4}  lr {:.3e}  {speed:.2} features/s",
                 p.lr
             ));
-            let total = self.plan.total_steps;
+            let total = self.shape.total_steps;
             if tc.logging_steps > 0 && (p.step % tc.logging_steps == 0 || p.step == total) {
                 let window_loss = s.window_loss_sum / s.window_steps.max(1) as f64;
                 let record = record! {
@@ -440,12 +347,12 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         self.flush()?;
         self.state.train_seconds += started.elapsed().as_secs_f64();
-        let finished = self.state.global_step >= self.plan.total_steps;
+        let finished = self.state.global_step >= self.shape.total_steps;
         if !finished && self.state.batches_done < batches {
             return Ok(());
         }
         if finished {
-            self.state.epoch = self.plan.epochs - 1;
+            self.state.epoch = self.shape.epochs - 1;
         }
         let step = self.state.global_step;
         let already_saved = self
@@ -474,7 +381,7 @@ impl<'a> Trainer<'a> {
             version_2_with_negative: ev.version_2_with_negative || set.squad_v2,
             null_score_diff_threshold: ev.null_score_diff_threshold,
         };
-        let evaluation = evaluate_model(&self.model, set, ev.batch_size, &pp, false)?;
+        let evaluation = evaluate_model(&self.eval_model, set, ev.batch_size, &pp, false)?;
         let dir = self
             .opts
             .output
@@ -499,7 +406,7 @@ impl<'a> Trainer<'a> {
         let dir = self
             .checkpoints_dir
             .join(format!("{CHECKPOINT_PREFIX}{}", self.state.global_step));
-        let (state, optimizer) = (&self.state, &self.optimizer);
+        let (state, optimizer) = (&self.state, &self.learner.optimizer);
         self.save_model(&dir, |tmp| state::write_optimizer(optimizer, tmp), state)?;
         self.last_checkpoint = Some(dir);
         state::prune_checkpoints(&self.checkpoints_dir, self.config.train.save_total_limit);
@@ -519,7 +426,7 @@ impl<'a> Trainer<'a> {
         save_with(
             dir,
             &self.bert,
-            &self.params,
+            &self.learner.params,
             Some(&self.tokenizer_src),
             |tmp| {
                 let to_model_error = |e: TrainError| qa_model::ModelError::Checkpoint {
@@ -547,7 +454,7 @@ impl<'a> Trainer<'a> {
         let s = &self.state;
         let summary = TrainSummary {
             steps: s.global_step,
-            epochs: self.plan.epochs,
+            epochs: self.shape.epochs,
             features: inputs.features.len(),
             train_loss: s.loss_sum / s.global_step.max(1) as f64,
             train_seconds: s.train_seconds,
@@ -582,13 +489,6 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// What one optimizer step measured (possibly still on the device).
-struct StepResult {
-    loss: Scalar,
-    grad_norm: Scalar,
-    lr: f64,
-}
-
 /// `cuda:1` → `cuda`: runs resume bit-exactly on the same kind of device.
 fn kind(device: &str) -> &str {
     device.split(':').next().unwrap_or(device)
@@ -598,7 +498,7 @@ fn kind(device: &str) -> &str {
 fn load_checkpoint(
     opts: &TrainOptions,
     resume_from: Option<&(usize, PathBuf)>,
-    device: &Device,
+    plan: &RunPlan,
 ) -> Result<Checkpoint, TrainError> {
     let config = &opts.config;
     let seed = config.train.seed;
@@ -611,11 +511,63 @@ fn load_checkpoint(
                     message: "was made with other model/features/train settings; use --overwrite to start over".into(),
                 });
             }
-            Checkpoint::load(dir.to_str().expect("utf-8 path"), seed, device)?
+            Checkpoint::load(dir.to_str().expect("utf-8 path"), seed, plan)?
         }
         None if opts.random_init => {
-            Checkpoint::random(Path::new(&config.model.name_or_path), seed, device)?
+            Checkpoint::random(Path::new(&config.model.name_or_path), seed, plan)?
         }
-        None => Checkpoint::load(&config.model.name_or_path, seed, device)?,
+        None => Checkpoint::load(&config.model.name_or_path, seed, plan)?,
     })
+}
+
+/// The features fit the model (max_length within its positions) and the eval set was made
+/// with its tokenizer.
+fn check_inputs_fit(opts: &TrainOptions, inputs: &Inputs, ck: &Checkpoint) -> Result<(), TrainError> {
+    let max_position = ck.config.max_position_embeddings;
+    if inputs.max_length.is_some_and(|l| l > max_position) {
+        return Err(TrainError::Input {
+            path: opts.features.clone(),
+            message: format!("max_length exceeds the model's max_position_embeddings ({max_position})"),
+        });
+    }
+    if let (Some(set), false) = (&inputs.eval_set, opts.random_init) {
+        set.check_tokenizer(&ck.dir)?;
+    }
+    Ok(())
+}
+
+fn adam_config(config: &PipelineConfig) -> AdamWConfig {
+    let tc = &config.train;
+    AdamWConfig {
+        beta1: tc.adam_beta1,
+        beta2: tc.adam_beta2,
+        eps: tc.adam_epsilon,
+        weight_decay: tc.weight_decay,
+    }
+}
+
+/// The trainer state of checkpoint `dir`, checked against this run's features; a warning
+/// when it was saved on another kind of device (the continuation is not bit-exact).
+fn resumed_state(
+    opts: &TrainOptions,
+    inputs: &Inputs,
+    dir: &Path,
+    plan: &RunPlan,
+) -> Result<TrainerState, TrainError> {
+    let state = TrainerState::read(dir)?;
+    if state.features_sha256 != inputs.features_sha256 {
+        return Err(TrainError::Resume {
+            path: dir.to_path_buf(),
+            message: format!("was trained on other features than {}", opts.features.display()),
+        });
+    }
+    let device_name = qa_model::device::name(&plan.device);
+    if !state.device.is_empty() && kind(&state.device) != kind(&device_name) {
+        eprintln!(
+            "qa-train: warning: {} was saved by a run on {}; continuing on {device_name} (not bit-exact)",
+            dir.display(),
+            state.device
+        );
+    }
+    Ok(state)
 }

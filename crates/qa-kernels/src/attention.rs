@@ -8,19 +8,57 @@
 //! is one task: two small GEMMs straight on the strided `[batch, len, 3 * hidden]` QKV
 //! projection, the softmax and dropout in between on a `len x len` scratch that stays in the
 //! thread's cache. Backward recomputes the probabilities from Q and K (one extra `Q K^T`)
-//! instead of storing them, and the dropout mask from its Philox counters.
+//! instead of storing them; the dropout mask it does not redraw: the forward pass keeps it as
+//! one bit per probability (`kept`).
 //!
 //! The dropout mask is indexed as the composed path's `[batch, heads, len, len]` probabilities
 //! are, so both paths (and a GPU running the composed one) draw the same masks.
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::cpu::{contiguous_f32, DisjointWrites};
 use crate::dropout::PhiloxDropout;
-use crate::fused::contiguous_f32;
+
+/// Additive attention mask `[batch, 1, 1, len]` from a 0/1 mask `[batch, len]`: 0 where
+/// attended, f32::MIN on padding (HF's `finfo(float32).min`).
+pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
+    let (b, l) = attention_mask.dims2()?;
+    let m = attention_mask.to_dtype(DType::F32)?;
+    let masked = ((m.ones_like()? - &m)? * f32::MIN as f64)?;
+    masked.reshape((b, 1, 1, l))
+}
+
+/// The attention core from candle ops over the same `[batch, len, 3 * hidden]` QKV:
+/// `dropout(softmax(Q K^T * scale + mask)) @ V` with `softmax` of the caller's choice
+/// (`crate::softmax`). The fused op's reference, and what runs on a GPU.
+pub fn composed(
+    qkv: &Tensor,
+    heads: usize,
+    mask: &Tensor,
+    dropout: Option<PhiloxDropout>,
+    softmax: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let (b, l, w) = qkv.dims3()?;
+    let (hidden, head_dim) = (w / 3, w / 3 / heads);
+    let split = |i: usize| -> Result<Tensor> {
+        qkv.narrow(D::Minus1, i * hidden, hidden)?
+            .reshape((b, l, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
+    let probs = softmax(&scores.broadcast_add(mask)?)?;
+    let probs = match dropout {
+        Some(d) => d.forward(&probs)?,
+        None => probs,
+    };
+    probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, hidden))
+}
 
 /// Attention over a fused `[batch, len, 3 * hidden]` QKV projection (Q, K, V side by side,
 /// each `heads x head_dim` wide) → the context `[batch, len, hidden]`.
@@ -156,13 +194,6 @@ fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
     }
 }
 
-/// An output buffer that tasks write disjoint parts of.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own (batch row, head) columns.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
 impl AttentionCore {
     pub fn new(heads: usize, mask: Arc<[f32]>, dropout: Option<PhiloxDropout>) -> Self {
         AttentionCore {
@@ -212,7 +243,7 @@ impl AttentionCore {
         qkv: &[f32],
         (unit, kept): (usize, &mut [u64]),
         scratch: &mut [f32],
-        out: Shared,
+        out: DisjointWrites,
     ) {
         let (l, d) = (g.len, g.head_dim);
         let (probs, multipliers) = scratch.split_at_mut(l * l);
@@ -246,7 +277,7 @@ impl CustomOp1 for AttentionCore {
         let qkv = contiguous_f32(s, layout, self.name())?;
         let g = Geometry::of(self.heads, layout)?;
         let mut context = vec![0f32; g.batch * g.len * g.hidden];
-        let out = Shared(context.as_mut_ptr());
+        let out = DisjointWrites(context.as_mut_ptr());
         let words = match self.dropout {
             Some(_) => (g.len * g.len).div_ceil(64),
             None => 1,
@@ -284,7 +315,7 @@ impl AttentionCoreGrad {
         (qkv, grad): (&[f32], &[f32]),
         unit: usize,
         scratch: &mut [f32],
-        out: Shared,
+        out: DisjointWrites,
     ) {
         let op = &self.0;
         let (l, d, w) = (g.len, g.head_dim, 3 * g.hidden);
@@ -346,7 +377,7 @@ impl CustomOp2 for AttentionCoreGrad {
         let grad = contiguous_f32(s2, l2, self.name())?;
         let g = Geometry::of(self.0.heads, l1)?;
         let mut dqkv = vec![0f32; qkv.len()];
-        let out = Shared(dqkv.as_mut_ptr());
+        let out = DisjointWrites(dqkv.as_mut_ptr());
         (0..g.units()).into_par_iter().for_each_init(
             || vec![0f32; 3 * g.len * g.len],
             |scratch, unit| self.backward_unit(&g, (qkv, grad), unit, scratch, out),
@@ -358,41 +389,16 @@ impl CustomOp2 for AttentionCoreGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var, D};
+    use crate::testing::{assert_finite_differences, flat, max_diff, probe_grads, wave};
+    use candle_core::{Device, Var};
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
-        (0..n).map(|i| (i as f32 * 0.613 + seed).sin()).collect()
+        wave(n, seed, 0.613, 1.0)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
-
-    /// The composed reference, as `bert::SelfAttention` computes it off the CPU.
-    fn composed(qkv: &Tensor, op: &AttentionCore, mask: &Tensor) -> Tensor {
-        let (b, l, w) = qkv.dims3().unwrap();
-        let (hidden, heads) = (w / 3, op.heads);
-        let split = |i: usize| {
-            qkv.narrow(D::Minus1, i * hidden, hidden)
-                .unwrap()
-                .reshape((b, l, heads, hidden / heads))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
-        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-        let probs = crate::fused::softmax_last_dim(&scores.broadcast_add(mask).unwrap()).unwrap();
-        let probs = match &op.dropout {
-            Some(d) => d.forward(&probs).unwrap(),
-            None => probs,
-        };
-        let context = probs.matmul(&v).unwrap().transpose(1, 2).unwrap();
-        context.reshape((b, l, hidden)).unwrap()
+    /// The composed reference with the fused softmax, as the model runs it off the CPU.
+    fn reference(qkv: &Tensor, op: &AttentionCore, mask: &Tensor) -> Tensor {
+        composed(qkv, op.heads, mask, op.dropout, crate::softmax::fused).unwrap()
     }
 
     /// Forward and QKV gradient equal the composed path's, with padding and an odd length
@@ -407,7 +413,7 @@ mod tests {
         let probe = probe.unwrap();
         // Row 0 attends to 10 tokens, row 1 to all 13.
         let keep: Vec<u32> = (0..b * l).map(|i| u32::from(i >= l || i < 10)).collect();
-        let mask = crate::nn::additive_mask(&Tensor::from_vec(keep, (b, l), &dev).unwrap());
+        let mask = additive_mask(&Tensor::from_vec(keep, (b, l), &dev).unwrap());
         let mask = mask.unwrap();
         let host: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
         for dropout in [
@@ -420,12 +426,9 @@ mod tests {
         ] {
             let op = AttentionCore::new(heads, host.clone().into(), dropout);
             let fused = op.forward(qkv.as_tensor()).unwrap();
-            let reference = composed(qkv.as_tensor(), &op, &mask);
+            let reference = reference(qkv.as_tensor(), &op, &mask);
             assert!(max_diff(&fused, &reference) < 1e-5, "forward {dropout:?}");
-            let grad = |y: &Tensor| {
-                let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                g.get(qkv.as_tensor()).unwrap().clone()
-            };
+            let grad = |y: &Tensor| probe_grads(y, &probe).get(qkv.as_tensor()).unwrap().clone();
             let (a, r) = (grad(&fused), grad(&reference));
             assert!(
                 max_diff(&a, &r) < 1e-5,
@@ -471,30 +474,7 @@ mod tests {
         };
         let x = Var::from_vec(xs.clone(), (b, l, w), &dev).unwrap();
         let y = op.forward(x.as_tensor()).unwrap();
-        let grads = (&y * &probe)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let analytic: Vec<f32> = grads
-            .get(x.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let h = 1e-2f32;
-        for i in 0..xs.len() {
-            let (mut up, mut down) = (xs.clone(), xs.clone());
-            up[i] += h;
-            down[i] -= h;
-            let numeric = (loss(&up) - loss(&down)) / (2.0 * h);
-            assert!(
-                (numeric - analytic[i]).abs() < 1e-2 * (1.0 + numeric.abs()),
-                "qkv[{i}]: {numeric} vs {}",
-                analytic[i]
-            );
-        }
+        let analytic = flat(probe_grads(&y, &probe).get(x.as_tensor()).unwrap());
+        assert_finite_differences(loss, &xs, &analytic, 1e-2, 1e-2);
     }
 }

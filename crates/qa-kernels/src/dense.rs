@@ -5,21 +5,24 @@
 //! output is filled with the bias and the GEMM accumulates onto it; backward gives `dW` in
 //! `W`'s own layout from one GEMM, `dx` from another, `db` from parallel fixed-range sums.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use gemm::Parallelism;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
-use crate::fused::{contiguous_f32, ColumnPartialSums};
+use crate::cpu::{contiguous_f32, gemm_parallelism, last_dim, part_rows, PARTS};
+
+/// `x [rows, in] W^T + b` as one differentiable op (CPU tensors).
+pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight, bias, DenseOp)
+}
+
+/// The same from candle ops: the reference, and what runs on a GPU.
+pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
 
 /// `(x [rows, in], weight [out, in], bias [out])` → `[rows, out]`.
 #[derive(Debug, Clone, Copy)]
 pub struct DenseOp;
-
-fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
 
 impl CustomOp3 for DenseOp {
     fn name(&self) -> &'static str {
@@ -74,7 +77,7 @@ impl CustomOp3 for DenseOp {
                 false,
                 false,
                 false,
-                parallelism(),
+                gemm_parallelism(),
             );
         }
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
@@ -97,18 +100,39 @@ impl CustomOp3 for DenseOp {
     }
 }
 
+/// `[rows, n]` → `[PARTS, n]`: sums of each of `PARTS` fixed row ranges.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnPartialSums;
+
+impl CustomOp1 for ColumnPartialSums {
+    fn name(&self) -> &'static str {
+        "column-partial-sums"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let n = last_dim(l);
+        let rows = x.len() / n;
+        let mut out = vec![0f32; PARTS * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(part, acc)| {
+            for r in part_rows(part, rows) {
+                for (a, &v) in acc.iter_mut().zip(&x[r * n..(r + 1) * n]) {
+                    *a += v;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((PARTS, n))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{assert_grads_close, max_diff, probe_grads, wave};
     use candle_core::{Device, Var};
 
     fn values(n: usize, seed: f32) -> Vec<f32> {
-        (0..n).map(|i| (i as f32 * 0.417 + seed).sin()).collect()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-        d.max(0).unwrap().to_scalar::<f32>().unwrap()
+        wave(n, seed, 0.417, 1.0)
     }
 
     /// Output and every gradient equal the composed `x W^T + b`'s.
@@ -121,19 +145,9 @@ mod tests {
         let b = Var::from_vec(values(n, 2.3), n, &dev).unwrap();
         let probe = Tensor::from_vec(values(rows * n, 3.4), (rows, n), &dev).unwrap();
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-        let fused = xt.apply_op3(wt, bt, DenseOp).unwrap();
-        let composed = xt
-            .matmul(&wt.t().unwrap())
-            .unwrap()
-            .broadcast_add(bt)
-            .unwrap();
-        assert!(max_diff(&fused, &composed) < 1e-5);
-        let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let (g, r) = (grads(&fused), grads(&composed));
-        for v in [&x, &w, &b] {
-            let (a, want) = (g.get(v.as_tensor()).unwrap(), r.get(v.as_tensor()).unwrap());
-            assert_eq!(a.dims(), want.dims());
-            assert!(max_diff(a, want) < 1e-4, "{}", max_diff(a, want));
-        }
+        let (y, reference) = (fused(xt, wt, bt).unwrap(), composed(xt, wt, bt).unwrap());
+        assert!(max_diff(&y, &reference) < 1e-5);
+        let (g, r) = (probe_grads(&y, &probe), probe_grads(&reference, &probe));
+        assert_grads_close(&g, &r, &[("x", &x), ("weight", &w), ("bias", &b)], 1e-4);
     }
 }

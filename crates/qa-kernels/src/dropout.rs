@@ -1,0 +1,384 @@
+//! Dropout from a counter-based generator: Philox4x32-10 keyed by the run's seed, with the
+//! counter made of the element's index and a per-call stream number (optimizer step and the
+//! call's position in the step). Every mask bit is a pure function of (seed, step, call,
+//! element), so masks are drawn in parallel, do not depend on the thread count, are the same
+//! on the CPU and on a GPU, and a run resumes from (seed, step) alone. This op's backward
+//! redraws its mask from the counters (nothing is stored); the fused attention, whose masks
+//! are large and redrawn often, keeps its forward mask as bits instead (`attention`).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Philox4x32-10 (Salmon et al., SC'11; Random123's constants).
+pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut c, mut k) = (counter, key);
+    for _ in 0..10 {
+        let p0 = u64::from(c[0]) * 0xD251_1F53;
+        let p1 = u64::from(c[2]) * 0xCD9E_8D57;
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+        k[0] = k[0].wrapping_add(0x9E37_79B9);
+        k[1] = k[1].wrapping_add(0xBB67_AE85);
+    }
+    c
+}
+
+/// `y = x * mask / (1 - p)` with the mask of one (seed, stream): element `i` is kept when the
+/// uniform from word `i % 4` of Philox(counter = (i / 4, stream), key = seed) is >= p.
+#[derive(Debug, Clone, Copy)]
+pub struct PhiloxDropout {
+    pub seed: u64,
+    pub stream: u64,
+    pub p: f32,
+}
+
+impl PhiloxDropout {
+    fn key(&self) -> [u32; 2] {
+        [self.seed as u32, (self.seed >> 32) as u32]
+    }
+
+    /// `1 / (1 - p)`, the multiplier of kept elements.
+    pub fn scale(&self) -> f32 {
+        (1.0 / (1.0 - f64::from(self.p))) as f32
+    }
+
+    /// Applies the mask to a contiguous slice of elements (element 0 = index 0).
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        const CHUNK: usize = 4096;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (out, inp))| {
+                self.fill_multipliers((c * CHUNK) as u64, out);
+                out.iter_mut().zip(inp).for_each(|(o, &v)| *o *= v);
+            });
+        y
+    }
+
+    /// The mask of elements `first..first + out.len()` as multipliers: `1 / (1 - p)` where
+    /// kept, 0 where dropped (so `x * multiplier` is the dropped-out `x`, bit for bit).
+    pub fn fill_multipliers(&self, first: u64, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return unsafe { self.fill_multipliers_avx512(first, out) };
+        }
+        self.fill_multipliers_generic(first, out)
+    }
+
+    /// The same code compiled for AVX-512, where the 16-lane Philox below vectorises.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fill_multipliers_avx512(&self, first: u64, out: &mut [f32]) {
+        self.fill_multipliers_generic(first, out)
+    }
+
+    #[inline(always)]
+    fn fill_multipliers_generic(&self, first: u64, out: &mut [f32]) {
+        const LANES: usize = 16;
+        let (key, scale, p) = (self.key(), self.scale(), self.p);
+        let stream = [self.stream as u32, (self.stream >> 32) as u32];
+        let end = first + out.len() as u64;
+        // Element i takes word i % 4 of block i / 4; LANES blocks (4 * LANES elements) are
+        // drawn at a time, the multipliers chosen lane-parallel, then interleaved.
+        let mut block = first / 4;
+        while block * 4 < end {
+            let words = philox4x32_lanes::<LANES>(block, stream, key);
+            let mut m = [[0f32; LANES]; 4];
+            for (mw, ww) in m.iter_mut().zip(&words) {
+                for (v, &word) in mw.iter_mut().zip(ww) {
+                    *v = if uniform(word) >= p { scale } else { 0.0 };
+                }
+            }
+            let base = block * 4;
+            if base >= first && base + 4 * LANES as u64 <= end {
+                let dst = &mut out[(base - first) as usize..][..4 * LANES];
+                for (lane, quad) in dst.chunks_exact_mut(4).enumerate() {
+                    for (w, v) in quad.iter_mut().enumerate() {
+                        *v = m[w][lane];
+                    }
+                }
+            } else {
+                for i in base.max(first)..(base + 4 * LANES as u64).min(end) {
+                    let (lane, w) = (((i - base) / 4) as usize, ((i - base) % 4) as usize);
+                    out[(i - first) as usize] = m[w][lane];
+                }
+            }
+            block += LANES as u64;
+        }
+    }
+}
+
+/// `philox4x32` of the counters `(block + lane, stream)` for `N` consecutive lanes, written
+/// lane-parallel so the compiler vectorises it: word `w` of lane `l` is `out[w][l]`.
+#[inline(always)]
+fn philox4x32_lanes<const N: usize>(block: u64, stream: [u32; 2], key: [u32; 2]) -> [[u32; N]; 4] {
+    let mut c: [[u32; N]; 4] = [[0; N], [0; N], [stream[0]; N], [stream[1]; N]];
+    for lane in 0..N {
+        let q = block + lane as u64;
+        c[0][lane] = q as u32;
+        c[1][lane] = (q >> 32) as u32;
+    }
+    let mut k = key;
+    for _ in 0..10 {
+        for lane in 0..N {
+            let p0 = u64::from(c[0][lane]) * 0xD251_1F53;
+            let p1 = u64::from(c[2][lane]) * 0xCD9E_8D57;
+            let next = [
+                (p1 >> 32) as u32 ^ c[1][lane] ^ k[0],
+                p1 as u32,
+                (p0 >> 32) as u32 ^ c[3][lane] ^ k[1],
+                p0 as u32,
+            ];
+            for (word, v) in c.iter_mut().zip(next) {
+                word[lane] = v;
+            }
+        }
+        k[0] = k[0].wrapping_add(0x9E37_79B9);
+        k[1] = k[1].wrapping_add(0xBB67_AE85);
+    }
+    c
+}
+
+/// The top 24 bits as a float in [0, 1), exactly (the CUDA kernel computes the same).
+fn uniform(word: u32) -> f32 {
+    (word >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+impl CustomOp1 for PhiloxDropout {
+    fn name(&self) -> &'static str {
+        "philox-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("philox-dropout: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("philox-dropout: contiguous input only");
+        };
+        Ok((
+            CpuStorage::F32(self.apply(&data[start..end])),
+            layout.shape().clone(),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        gpu::forward(self, storage, layout)
+    }
+
+    /// The same mask (redrawn from the counters) applied to the incoming gradient.
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+impl PhiloxDropout {
+    /// Drops out `x` (any shape; made contiguous), differentiably.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(*self)
+    }
+}
+
+/// The CUDA launch of `dropout.cu`.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    use super::PhiloxDropout;
+    use crate::cuda::{launch_error, output, storage, Module};
+
+    const MODULE: Module = Module {
+        name: "squad_qa_dropout",
+        source: include_str!("dropout.cu"),
+    };
+    const THREADS: u32 = 256;
+
+    pub fn forward(
+        op: &PhiloxDropout,
+        s: &CudaStorage,
+        layout: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("philox-dropout: contiguous input only");
+        };
+        let x = s.as_cuda_slice::<f32>()?.slice(start..end);
+        let n = (end - start) as u64;
+        let (y, _) = output(s, n as usize)?;
+        let mut y = y;
+        let f = MODULE.function(&s.device, "philox_dropout")?;
+        let (key, stream) = (op.key(), [op.stream as u32, (op.stream >> 32) as u32]);
+        let (p, scale) = (op.p, op.scale());
+        let blocks = (n.div_ceil(4).div_ceil(u64::from(THREADS))).clamp(1, 4096) as u32;
+        let mut b = f.builder();
+        b.arg(&x).arg(&mut y).arg(&n);
+        b.arg(&key[0]).arg(&key[1]).arg(&stream[0]).arg(&stream[1]);
+        b.arg(&p).arg(&scale);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: philox_dropout(x, y, n, key0, key1, s0, s1, p, scale) takes exactly these
+        // arguments; its grid-stride loop reads n elements of x and writes all n of y.
+        unsafe { b.launch(cfg) }.map_err(launch_error)?;
+        Ok((storage(y, s), layout.shape().clone()))
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn philox_matches_random123_known_answers() {
+        assert_eq!(
+            philox4x32([0; 4], [0; 2]),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
+        assert_eq!(
+            philox4x32([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
+        );
+        assert_eq!(
+            philox4x32(
+                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+                [0xa409_3822, 0x299f_31d0]
+            ),
+            [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
+        );
+    }
+
+    /// The lane-parallel Philox and the multipliers at any offset agree with the scalar one.
+    #[test]
+    fn multipliers_at_any_offset_match_the_scalar_generator() {
+        let op = PhiloxDropout {
+            seed: 0x1234_5678_9abc,
+            stream: (5 << 20) | 3,
+            p: 0.25,
+        };
+        let words = philox4x32_lanes::<16>(u64::from(u32::MAX) - 3, [3, 5], [1, 2]);
+        for lane in 0..16u64 {
+            let q = u64::from(u32::MAX) - 3 + lane;
+            let want = philox4x32([q as u32, (q >> 32) as u32, 3, 5], [1, 2]);
+            for w in 0..4 {
+                assert_eq!(words[w][lane as usize], want[w], "lane {lane} word {w}");
+            }
+        }
+        for (first, len) in [(0u64, 1usize), (3, 70), (61, 5), (1 << 33, 129)] {
+            let mut got = vec![f32::NAN; len];
+            op.fill_multipliers(first, &mut got);
+            for (j, &m) in got.iter().enumerate() {
+                let i = first + j as u64;
+                let word = philox4x32(
+                    [(i / 4) as u32, ((i / 4) >> 32) as u32, op.stream as u32, 0],
+                    op.key(),
+                )[(i % 4) as usize];
+                let want = if uniform(word) >= op.p {
+                    op.scale()
+                } else {
+                    0.0
+                };
+                assert_eq!(m, want, "element {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn masks_are_keyed_scaled_and_about_p() {
+        let x = Tensor::ones((64, 100), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let op = PhiloxDropout {
+            seed: 7,
+            stream: 3,
+            p: 0.1,
+        };
+        let y: Vec<f32> = op
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let kept = y.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            (5_600..6_200).contains(&kept),
+            "about 90% of 6400 kept: {kept}"
+        );
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        let again: Vec<f32> = op
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(y, again, "a pure function of (seed, stream, element)");
+        let other = PhiloxDropout { stream: 4, ..op };
+        let z: Vec<f32> = other
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(y, z, "another stream, another mask");
+    }
+
+    /// The gradient is the same mask applied to the upstream gradient, as for `x * mask`.
+    #[test]
+    fn backward_recomputes_the_forward_mask() {
+        let dev = Device::Cpu;
+        let values: Vec<f32> = (0..4 * 37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x = Var::from_vec(values, (4, 37), &dev).unwrap();
+        let op = PhiloxDropout {
+            seed: 11,
+            stream: 5,
+            p: 0.3,
+        };
+        let weights = Tensor::arange(0f32, 148., &dev)
+            .unwrap()
+            .reshape((4, 37))
+            .unwrap();
+        let y = op.forward(x.as_tensor()).unwrap();
+        let grads = (&y * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let got: Vec<f32> = grads
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // The mask itself: the op applied to ones gives scale where kept, 0 where dropped.
+        let ones = Tensor::ones((4, 37), candle_core::DType::F32, &dev).unwrap();
+        let mask: Vec<f32> = op
+            .forward(&ones)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w: Vec<f32> = weights.flatten_all().unwrap().to_vec1().unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(*g, w[i] * mask[i], "element {i}");
+        }
+        assert!(mask.iter().any(|&m| m == 0.0) && mask.iter().any(|&m| m != 0.0));
+    }
+}

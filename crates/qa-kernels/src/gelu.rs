@@ -1,0 +1,91 @@
+//! GELU (erf form, as BERT's `hidden_act: gelu`) with its backward, element-parallel, with
+//! the vectorised erf of `vmath` (libm's `erff` is a scalar call). CPU only: elsewhere
+//! candle's `gelu_erf` runs.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{contiguous_f32, CHUNK};
+
+/// Fused, differentiable GELU (CPU tensors).
+pub fn fused(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluOp)
+}
+
+/// candle's GELU (erf): the reference, and what runs on a GPU.
+pub fn composed(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// GELU (erf form) with vectorised erf (`crate::vmath`), element-parallel.
+#[derive(Debug, Clone, Copy)]
+pub struct GeluOp;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| crate::vmath::gelu(xc, yc));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// GELU's backward: (x, grad of y) → grad of x.
+#[derive(Debug, Clone, Copy)]
+pub struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let g = contiguous_f32(s2, l2, self.name())?;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(dc, (xc, gc))| crate::vmath::gelu_backward(xc, gc, dc));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{max_diff, values};
+    use candle_core::{Device, Var};
+
+    /// Forward and gradient of the fused GELU equal candle's `gelu_erf`'s.
+    #[test]
+    fn gelu_matches_candles_gelu_erf_forward_and_backward() {
+        let dev = Device::Cpu;
+        let x = Var::from_vec(values(3 * 40_000, 0.4), (3, 40_000), &dev).unwrap();
+        let probe = Tensor::from_vec(values(3 * 40_000, 2.7), (3, 40_000), &dev).unwrap();
+        let fused = x.as_tensor().apply_op1(GeluOp).unwrap();
+        let reference = x.as_tensor().gelu_erf().unwrap();
+        assert!(max_diff(&fused, &reference) < 1e-6);
+        let grad = |y: &Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        let (a, r) = (grad(&fused), grad(&reference));
+        assert!(max_diff(&a, &r) < 1e-5, "grad {}", max_diff(&a, &r));
+    }
+}

@@ -1,0 +1,131 @@
+//! How the model runs, decided once when it is built: where (the device), whether a backward
+//! pass follows (train or inference), which kernel each op uses, and the choices a user makes
+//! (`RunOptions`, from CLI flags). Carried as one value (`RunPlan`) by the model and whatever
+//! else must agree with it (the optimizer, batching); nothing below asks the device again.
+
+use candle_core::Device;
+
+/// Whether a backward pass follows the forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Inference,
+}
+
+/// How one op of the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Our fused op with its backward (`qa_kernels`).
+    Fused,
+    /// Our fused op, applied without recording a backward graph (inference).
+    FusedForwardOnly,
+    /// Composed from candle ops (differentiable): where there is no fused kernel.
+    Composed,
+    /// candle-nn's forward kernel, which has no backward (inference only).
+    CandleForwardOnly,
+}
+
+/// The run choices a user makes (CLI flags); everything else follows from device and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Train with our fused LayerNorm/softmax CUDA kernels on a GPU. Off by default until a
+    /// GPU check has verified them (`scripts/gpu_check.sh`); the CPU always uses its own.
+    pub fused_cuda_norm: bool,
+    /// Clip and step AdamW on a GPU with the fused kernels (three launches per step); off: one
+    /// set of tensor ops per parameter (for comparisons).
+    pub fused_cuda_adamw: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            fused_cuda_norm: false,
+            fused_cuda_adamw: true,
+        }
+    }
+}
+
+/// The one decision of how the model runs.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub device: Device,
+    pub mode: Mode,
+    pub options: RunOptions,
+    /// Dense layers (`x W^T + b`): fused on the CPU.
+    pub dense: Kernel,
+    /// LayerNorm, and the softmax of the composed attention.
+    pub norm: Kernel,
+    /// GELU (erf): fused on the CPU.
+    pub gelu: Kernel,
+    /// The attention core: the fused CPU kernel (`qa_kernels::attention`), else composed.
+    pub attention: Kernel,
+}
+
+impl RunPlan {
+    pub fn new(device: Device, mode: Mode, options: RunOptions) -> Self {
+        let cpu = device.is_cpu();
+        let on_cpu = |kernel| if cpu { kernel } else { Kernel::Composed };
+        let norm = match mode {
+            Mode::Inference => Kernel::CandleForwardOnly,
+            Mode::Train if cpu || options.fused_cuda_norm => Kernel::Fused,
+            Mode::Train => Kernel::Composed,
+        };
+        let attention = match mode {
+            Mode::Train => on_cpu(Kernel::Fused),
+            Mode::Inference => on_cpu(Kernel::FusedForwardOnly),
+        };
+        RunPlan {
+            device,
+            mode,
+            options,
+            dense: on_cpu(Kernel::Fused),
+            norm,
+            gelu: on_cpu(Kernel::Fused),
+            attention,
+        }
+    }
+
+    /// Training on the CPU with the default options (tests, benchmarks).
+    pub fn cpu_train() -> Self {
+        RunPlan::new(Device::Cpu, Mode::Train, RunOptions::default())
+    }
+
+    /// Inference on `device` (evaluation, answering): no user option changes it.
+    pub fn inference(device: Device) -> Self {
+        RunPlan::new(device, Mode::Inference, RunOptions::default())
+    }
+
+    /// Inference on the CPU.
+    pub fn cpu_inference() -> Self {
+        RunPlan::inference(Device::Cpu)
+    }
+
+    /// The same device and options in another mode (the evaluation inside a training run).
+    pub fn with_mode(&self, mode: Mode) -> Self {
+        RunPlan::new(self.device.clone(), mode, self.options.clone())
+    }
+
+    /// Whether the fused CUDA AdamW is to be used (a GPU and the option on).
+    pub fn fused_cuda_adamw(&self) -> bool {
+        self.device.is_cuda() && self.options.fused_cuda_adamw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_trains_on_fused_kernels_and_infers_without_backward() {
+        let train = RunPlan::cpu_train();
+        assert_eq!(
+            [train.dense, train.norm, train.gelu, train.attention],
+            [Kernel::Fused; 4]
+        );
+        let infer = train.with_mode(Mode::Inference);
+        assert_eq!(infer.norm, Kernel::CandleForwardOnly);
+        assert_eq!(infer.attention, Kernel::FusedForwardOnly);
+        assert_eq!(infer.dense, Kernel::Fused);
+        assert!(!train.fused_cuda_adamw(), "no GPU, no CUDA kernels");
+    }
+}
