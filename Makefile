@@ -173,7 +173,10 @@ demo: $(BIN)/qa-infer model
 	else echo "fine-tuned:  no $(RUN)/model yet (make train)"; fi
 
 # --- checks --------------------------------------------------------------------------------
+# Formatting and lints first (cheap, and a failure says what to fix in one line each).
 test: model
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) test --workspace --locked
 	scripts/test_fetch.sh
 	scripts/test_make_dag.sh

@@ -11,7 +11,9 @@
 //! through a `Table` of device pointers uploaded each step (the gradients are new tensors each
 //! step); they are compiled once per process with NVRTC.
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -27,7 +29,12 @@ macro_rules! threads {
 const THREADS: u32 = threads!();
 const MODULE: Module = Module {
     name: "squad_qa_fused_adamw",
-    source: concat!("#define THREADS ", threads!(), "\n", include_str!("adamw.cu")),
+    source: concat!(
+        "#define THREADS ",
+        threads!(),
+        "\n",
+        include_str!("adamw.cu")
+    ),
 };
 /// Blocks per tensor of `sum_squares` and `adamw` (each grid-strides over its tensor).
 const BLOCKS_PER_TENSOR: u32 = 64;
@@ -73,7 +80,10 @@ struct Table {
 impl Table {
     fn upload(dev: &CudaDevice, columns: Vec<(Column, Vec<u64>)>) -> Result<Self> {
         let tensors = columns.first().map_or(0, |(_, c)| c.len());
-        let flat: Vec<u64> = columns.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+        let flat: Vec<u64> = columns
+            .iter()
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
         Ok(Table {
             buffer: dev.clone_htod(&flat)?,
             columns: columns.into_iter().map(|(c, _)| c).collect(),
@@ -132,13 +142,26 @@ impl FusedAdamW {
         let table = Table::upload(
             dev,
             vec![
-                (Column::Grads, grads.iter().map(|g| address(g)).collect::<Result<_>>()?),
-                (Column::Sizes, grads.iter().map(|g| g.elem_count() as u64).collect()),
+                (
+                    Column::Grads,
+                    grads.iter().map(|g| address(g)).collect::<Result<_>>()?,
+                ),
+                (
+                    Column::Sizes,
+                    grads.iter().map(|g| g.elem_count() as u64).collect(),
+                ),
             ],
         )?;
-        let (grads_at, sizes_at) = (table.column(dev, Column::Grads), table.column(dev, Column::Sizes));
+        let (grads_at, sizes_at) = (
+            table.column(dev, Column::Grads),
+            table.column(dev, Column::Sizes),
+        );
         let norm = Tensor::zeros((), DType::F32, &device)?;
-        let (partials, coef, norm_at) = (address(&self.partials)?, address(&self.coef)?, address(&norm)?);
+        let (partials, coef, norm_at) = (
+            address(&self.partials)?,
+            address(&self.coef)?,
+            address(&norm)?,
+        );
         let f = MODULE.function(dev, "sum_squares")?;
         let mut b = f.builder();
         b.arg(&grads_at).arg(&sizes_at).arg(&partials);
@@ -148,7 +171,11 @@ impl FusedAdamW {
         let count = (grads.len() as u32 * BLOCKS_PER_TENSOR) as i32;
         let f = MODULE.function(dev, "clip_coefficient")?;
         let mut b = f.builder();
-        b.arg(&partials).arg(&count).arg(&max_norm).arg(&norm_at).arg(&coef);
+        b.arg(&partials)
+            .arg(&count)
+            .arg(&max_norm)
+            .arg(&norm_at)
+            .arg(&coef);
         let one_block = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -193,7 +220,11 @@ impl FusedAdamW {
         for c in &columns {
             b.arg(c);
         }
-        b.arg(&coef).arg(&s.decay).arg(&s.step_size).arg(&s.beta1).arg(&s.beta2);
+        b.arg(&coef)
+            .arg(&s.decay)
+            .arg(&s.step_size)
+            .arg(&s.beta1)
+            .arg(&s.beta2);
         b.arg(&s.bias2_sqrt).arg(&s.eps);
         // SAFETY: adamw(params, m, v, grads, sizes, decays, coef, decay, step_size, beta1,
         // beta2, bias2_sqrt, eps) takes exactly these arguments; each slot's four tensors hold

@@ -237,7 +237,6 @@ mod gpu {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

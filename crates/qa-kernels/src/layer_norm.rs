@@ -200,11 +200,18 @@ mod gpu {
     use candle_core::{CudaStorage, Layout, Result, Shape};
 
     use crate::cpu::PARTS;
-    use crate::cuda::{input, launch, output, storage, Arg::{Float, Int, Ptr}, Module};
+    use crate::cuda::{
+        input, launch, output, storage,
+        Arg::{Float, Int, Ptr},
+        Module,
+    };
 
     const MODULE: Module = Module {
         name: "squad_qa_layer_norm",
-        source: concat!(include_str!("block_reduce.cuh"), include_str!("layer_norm.cu")),
+        source: concat!(
+            include_str!("block_reduce.cuh"),
+            include_str!("layer_norm.cu")
+        ),
     };
     /// Threads per block (a multiple of 32, as `block_reduce` needs).
     const THREADS: u32 = 128;
@@ -215,7 +222,15 @@ mod gpu {
         let args = [Ptr(at), Ptr(stats_at), Int(d), Float(eps)];
         // SAFETY: layer_norm_stats(x, stats, d, eps) reads rows x d floats at `at` and writes
         // both stats of each row (one block per row).
-        unsafe { launch(x, MODULE, "layer_norm_stats", ((rows as u32, 1), THREADS), &args)? };
+        unsafe {
+            launch(
+                x,
+                MODULE,
+                "layer_norm_stats",
+                ((rows as u32, 1), THREADS),
+                &args,
+            )?
+        };
         Ok(stats)
     }
 
@@ -235,7 +250,15 @@ mod gpu {
         let args = [Ptr(x), Ptr(stats_at), Ptr(w), Ptr(b), Ptr(y_at), Int(d32)];
         // SAFETY: layer_norm_apply(x, stats, w, b, y, d) reads rows x d of x, the row stats,
         // d of w and b, and writes all rows x d of y (one block per row).
-        unsafe { launch(xs, MODULE, "layer_norm_apply", ((rows as u32, 1), THREADS), &args)? };
+        unsafe {
+            launch(
+                xs,
+                MODULE,
+                "layer_norm_apply",
+                ((rows as u32, 1), THREADS),
+                &args,
+            )?
+        };
         drop(stats); // freed in stream order, after the kernels that read it
         Ok((storage(y, xs), xl.shape().clone()))
     }
@@ -258,7 +281,15 @@ mod gpu {
         let args = [Ptr(x), Ptr(stats_at), Ptr(w), Ptr(g), Ptr(dx), Int(d32)];
         // SAFETY: layer_norm_grad_input(x, stats, w, g, dx, d) reads rows x d of x and g and
         // writes the first rows x d of `out` (one block per row).
-        unsafe { launch(xs, MODULE, "layer_norm_grad_input", ((rows as u32, 1), THREADS), &args)? };
+        unsafe {
+            launch(
+                xs,
+                MODULE,
+                "layer_norm_grad_input",
+                ((rows as u32, 1), THREADS),
+                &args,
+            )?
+        };
         let col_blocks = (d as u32).div_ceil(THREADS);
         let args = [
             Ptr(x),
@@ -283,7 +314,9 @@ mod gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_finite_differences, assert_grads_close, flat, max_diff, probe_grads, values};
+    use crate::testing::{
+        assert_finite_differences, assert_grads_close, flat, max_diff, probe_grads, values,
+    };
     use candle_core::{Device, Var};
 
     /// Forward and every gradient of the fused LayerNorm equal the composed one's.
@@ -319,7 +352,12 @@ mod tests {
         let loss = |v: &[f32]| -> f32 {
             let x = Tensor::from_vec(v.to_vec(), (2, d), &dev).unwrap();
             let y = fused(&x, &w, &b, 1e-5).unwrap();
-            (&y * &probe).unwrap().sum_all().unwrap().to_scalar().unwrap()
+            (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
         };
         let x = Var::from_vec(xs.clone(), (2, d), &dev).unwrap();
         let y = fused(x.as_tensor(), &w, &b, 1e-5).unwrap();
@@ -343,7 +381,10 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{row:?}");
         }
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(grads.get(weight.as_tensor()).is_some(), "weight gets a gradient");
+        assert!(
+            grads.get(weight.as_tensor()).is_some(),
+            "weight gets a gradient"
+        );
         assert!(grads.get(x.as_tensor()).is_some());
     }
 }

@@ -118,7 +118,11 @@ mod gpu {
     use candle_core::{CudaStorage, Layout, Result, Shape};
 
     use crate::cpu::last_dim;
-    use crate::cuda::{input, launch, output, storage, Arg::{Int, Ptr}, Module};
+    use crate::cuda::{
+        input, launch, output, storage,
+        Arg::{Int, Ptr},
+        Module,
+    };
 
     const MODULE: Module = Module {
         name: "squad_qa_softmax",
@@ -134,7 +138,15 @@ mod gpu {
         let (y, y_at) = output(s, rows * d)?;
         let args = [Ptr(x), Ptr(y_at), Int(d as i32)];
         // SAFETY: softmax_forward(x, y, d) reads and writes rows x d floats, a block per row.
-        unsafe { launch(s, MODULE, "softmax_forward", ((rows as u32, 1), THREADS), &args)? };
+        unsafe {
+            launch(
+                s,
+                MODULE,
+                "softmax_forward",
+                ((rows as u32, 1), THREADS),
+                &args,
+            )?
+        };
         Ok((storage(y, s), l.shape().clone()))
     }
 
@@ -149,7 +161,15 @@ mod gpu {
         let args = [Ptr(y), Ptr(g), Ptr(dx_at), Int(d as i32)];
         // SAFETY: softmax_backward(y, g, dx, d) reads rows x d of y and g, writes rows x d of
         // dx, a block per row.
-        unsafe { launch(ys, MODULE, "softmax_backward", ((rows as u32, 1), THREADS), &args)? };
+        unsafe {
+            launch(
+                ys,
+                MODULE,
+                "softmax_backward",
+                ((rows as u32, 1), THREADS),
+                &args,
+            )?
+        };
         Ok((storage(dx, ys), yl.shape().clone()))
     }
 }

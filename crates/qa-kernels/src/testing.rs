@@ -30,9 +30,17 @@ pub fn probe_grads(y: &Tensor, probe: &Tensor) -> GradStore {
 
 /// Each named variable's gradient in `got` has the shape of, and is within `tolerance` of,
 /// its gradient in `want`.
-pub fn assert_grads_close(got: &GradStore, want: &GradStore, vars: &[(&str, &Var)], tolerance: f32) {
+pub fn assert_grads_close(
+    got: &GradStore,
+    want: &GradStore,
+    vars: &[(&str, &Var)],
+    tolerance: f32,
+) {
     for (name, v) in vars {
-        let (a, r) = (got.get(v.as_tensor()).unwrap(), want.get(v.as_tensor()).unwrap());
+        let (a, r) = (
+            got.get(v.as_tensor()).unwrap(),
+            want.get(v.as_tensor()).unwrap(),
+        );
         assert_eq!(a.dims(), r.dims(), "gradient of {name}");
         let d = max_diff(a, r);
         assert!(d <= tolerance, "gradient of {name}: max |diff| {d}");

@@ -52,7 +52,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut rows = Vec::new();
     for chunk in feats.chunks(8) {
         let refs: Vec<&Feature> = chunk.iter().collect();
-        let (s, e) = ck.model.forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
+        let (s, e) = ck
+            .model
+            .forward(&make_batch(&refs, None, &Device::Cpu)?, None)?;
         let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
         for (k, f) in chunk.iter().enumerate() {
             rows.push(serde_json::json!({"start": &s[k][..f.len()], "end": &e[k][..f.len()]}));

@@ -91,7 +91,10 @@ impl Builder<'_> {
     }
 
     fn embedding(&self, prefix: &str, hidden: usize) -> Result<Embedding> {
-        Ok(Embedding::new(self.tensor(&format!("{prefix}.weight"))?, hidden))
+        Ok(Embedding::new(
+            self.tensor(&format!("{prefix}.weight"))?,
+            hidden,
+        ))
     }
 
     fn embeddings(&self, c: &BertConfig) -> Result<Embeddings> {

@@ -85,11 +85,18 @@ impl Params {
                 .get(name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor {name}")))?;
             if var.dims() != shape.as_slice() {
-                candle_core::bail!("tensor {name} has shape {:?}, expected {shape:?}", var.dims());
+                candle_core::bail!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    var.dims()
+                );
             }
         }
         if self.vars.len() != expected.len() {
-            candle_core::bail!("{} tensors, the model has {}", self.vars.len(), expected.len());
+            candle_core::bail!(
+                "{} tensors, the model has {}",
+                self.vars.len(),
+                expected.len()
+            );
         }
         Ok(())
     }
@@ -164,7 +171,10 @@ impl Params {
             found.insert(canonical, tensor.to_dtype(DType::F32)?.to_device(device)?);
         }
         report.fresh_head = add_fresh_head(&mut found, config, seed, device)?;
-        let mut missing: Vec<&String> = expected.keys().filter(|n| !found.contains_key(*n)).collect();
+        let mut missing: Vec<&String> = expected
+            .keys()
+            .filter(|n| !found.contains_key(*n))
+            .collect();
         missing.sort();
         if let Some(first) = missing.first() {
             return Err(ModelError::Weights {
@@ -261,9 +271,17 @@ fn add_fresh_head(
         return Ok(false);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let w = normal_tensor(&mut rng, config.initializer_range, &[2, config.hidden_size], device)?;
+    let w = normal_tensor(
+        &mut rng,
+        config.initializer_range,
+        &[2, config.hidden_size],
+        device,
+    )?;
     tensors.insert("qa_outputs.weight".into(), w);
-    tensors.insert("qa_outputs.bias".into(), Tensor::zeros(2, DType::F32, device)?);
+    tensors.insert(
+        "qa_outputs.bias".into(),
+        Tensor::zeros(2, DType::F32, device)?,
+    );
     Ok(true)
 }
 

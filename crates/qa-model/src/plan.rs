@@ -59,6 +59,9 @@ pub struct RunPlan {
     pub gelu: Kernel,
     /// The attention core: the fused CPU kernel (`qa_kernels::attention`), else composed.
     pub attention: Kernel,
+    /// Gradients, optimizer moments and a step's loss live on the host (read at once), not
+    /// on the device (read only when logged, so the host never waits on a GPU).
+    pub host: bool,
 }
 
 impl RunPlan {
@@ -82,6 +85,7 @@ impl RunPlan {
             norm,
             gelu: on_cpu(Kernel::Fused),
             attention,
+            host: cpu,
         }
     }
 

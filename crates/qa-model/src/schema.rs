@@ -65,7 +65,11 @@ pub fn parameter_shapes(c: &BertConfig) -> Vec<(String, Vec<usize>)> {
         }
     };
     module(WORD_EMBEDDINGS, vec![c.vocab_size, h], None);
-    module(POSITION_EMBEDDINGS, vec![c.max_position_embeddings, h], None);
+    module(
+        POSITION_EMBEDDINGS,
+        vec![c.max_position_embeddings, h],
+        None,
+    );
     module(TOKEN_TYPE_EMBEDDINGS, vec![c.type_vocab_size, h], None);
     module(EMBEDDINGS_NORM, vec![h], Some(h));
     for l in 0..c.num_hidden_layers {
@@ -132,7 +136,10 @@ pub fn fuse_qkv(mut tensors: HashMap<String, Tensor>) -> Result<HashMap<String, 
         if !parts.iter().all(|p| tensors.contains_key(p)) {
             continue;
         }
-        let pieces: Vec<Tensor> = parts.iter().map(|p| tensors.remove(p).expect("present")).collect();
+        let pieces: Vec<Tensor> = parts
+            .iter()
+            .map(|p| tensors.remove(p).expect("present"))
+            .collect();
         tensors.insert(fused, Tensor::cat(&pieces, 0)?);
     }
     Ok(tensors)
@@ -157,15 +164,31 @@ mod tests {
         let part = |v: f32| Tensor::full(v, (2, 3), &dev).unwrap();
         let mut tensors = HashMap::new();
         for (name, v) in [("query", 1.0), ("key", 2.0), ("value", 3.0)] {
-            tensors.insert(format!("bert.encoder.layer.4.attention.self.{name}.weight"), part(v));
+            tensors.insert(
+                format!("bert.encoder.layer.4.attention.self.{name}.weight"),
+                part(v),
+            );
         }
-        tensors.insert("qa_outputs.bias".to_string(), Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap());
+        tensors.insert(
+            "qa_outputs.bias".to_string(),
+            Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+        );
         let fused = fuse_qkv(tensors).unwrap();
         let name = "bert.encoder.layer.4.attention.self.qkv.weight";
         assert_eq!(fused.len(), 2);
         assert_eq!(fused[name].dims(), &[6, 3]);
-        let col: Vec<f32> = fused[name].narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(col, [1.0, 1.0, 2.0, 2.0, 3.0, 3.0], "query, key, value rows in order");
+        let col: Vec<f32> = fused[name]
+            .narrow(1, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(
+            col,
+            [1.0, 1.0, 2.0, 2.0, 3.0, 3.0],
+            "query, key, value rows in order"
+        );
         let split = split_qkv(name, &fused[name]).unwrap();
         let names: Vec<&str> = split.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -176,7 +199,10 @@ mod tests {
                 "bert.encoder.layer.4.attention.self.value.weight"
             ]
         );
-        assert_eq!(split[1].1.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![2.0; 6]);
+        assert_eq!(
+            split[1].1.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![2.0; 6]
+        );
     }
 
     #[test]
@@ -188,8 +214,14 @@ mod tests {
         .unwrap();
         let shapes: HashMap<String, Vec<usize>> = checkpoint_shapes(&config).into_iter().collect();
         assert_eq!(shapes.len(), 5 + 16 + 2, "BERT's 16 tensors per layer");
-        assert_eq!(shapes["bert.encoder.layer.0.attention.self.key.weight"], vec![4, 4]);
-        assert_eq!(shapes["bert.encoder.layer.0.attention.self.value.bias"], vec![4]);
+        assert_eq!(
+            shapes["bert.encoder.layer.0.attention.self.key.weight"],
+            vec![4, 4]
+        );
+        assert_eq!(
+            shapes["bert.encoder.layer.0.attention.self.value.bias"],
+            vec![4]
+        );
         assert!(!shapes.keys().any(|n| n.contains("qkv")));
         assert_eq!(parameter_shapes(&config).len(), 5 + 12 + 2);
     }

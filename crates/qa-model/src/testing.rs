@@ -20,7 +20,11 @@ pub fn repo_root() -> PathBuf {
 
 /// `crates/CRATE/tests/fixtures/NAME`.
 pub fn fixture(krate: &str, name: &str) -> PathBuf {
-    repo_root().join("crates").join(krate).join("tests/fixtures").join(name)
+    repo_root()
+        .join("crates")
+        .join(krate)
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// The offline default model (`make model`).

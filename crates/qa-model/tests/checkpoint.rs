@@ -188,7 +188,8 @@ fn half_precision_checkpoints_load_as_f32() {
     let params = tiny_checkpoint(&dir);
     for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
         let half: HashMap<String, Tensor> = params
-            .checkpoint_tensors().unwrap()
+            .checkpoint_tensors()
+            .unwrap()
             .into_iter()
             .map(|(k, t)| (k, t.to_dtype(dtype).unwrap()))
             .collect();

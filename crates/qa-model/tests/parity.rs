@@ -101,7 +101,13 @@ fn first_batch_loss_and_gradients_match_transformers() {
             .unwrap_or_else(|| panic!("no gradient for {fused_name}"));
         // The reference names HF's tensors: the fused QKV gradient splits into three.
         for (name, g) in split_qkv(fused_name, g).unwrap() {
-            let sq = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+            let sq = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
             total += sq;
             let want = reference["per_param_l2"][&name]
                 .as_f64()

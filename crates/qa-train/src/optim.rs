@@ -198,7 +198,11 @@ impl AdamW {
     /// torch `clip_grad_norm_` over all of `grads` (in place, or on a GPU with the fused
     /// kernels as a factor the next `step` applies); returns the norm before clipping.
     /// `max_norm <= 0` disables clipping.
-    pub fn clip_grad_norm(&mut self, grads: &mut Grads, max_norm: f64) -> candle_core::Result<Scalar> {
+    pub fn clip_grad_norm(
+        &mut self,
+        grads: &mut Grads,
+        max_norm: f64,
+    ) -> candle_core::Result<Scalar> {
         #[cfg(feature = "cuda")]
         if let (Some(slot), Grads::Device(g)) = (self.fused.as_mut(), &mut *grads) {
             if let Some(norm) = slot.clip(g, max_norm)? {
@@ -315,7 +319,13 @@ impl AdamW {
                 candle_core::bail!("{name}: optimizer state is on another device");
             };
             let decays = self.decays.get(name).copied().unwrap_or(false);
-            slots.push(ParamSlot { param: var, m, v, grad, decays });
+            slots.push(ParamSlot {
+                param: var,
+                m,
+                v,
+                grad,
+                decays,
+            });
         }
         let slot = self.fused.as_mut().expect("checked by step");
         slot.update(&slots, &scalars)
@@ -619,7 +629,12 @@ mod tests {
                         ("a.bias".to_string(), Tensor::new(&g[3..], &dev).unwrap()),
                     ]))
                 };
-                norms.push(opt.clip_grad_norm(&mut grads, 1.0).unwrap().value().unwrap());
+                norms.push(
+                    opt.clip_grad_norm(&mut grads, 1.0)
+                        .unwrap()
+                        .value()
+                        .unwrap(),
+                );
                 opt.step(&params, &grads, 0.01).unwrap();
             }
             let mut out: Vec<f32> = params.vars["a.weight"].as_tensor().to_vec1().unwrap();

@@ -59,8 +59,11 @@ impl Learner {
             }
             losses.push(loss);
         }
-        let mut grads = grads.ok_or_else(|| candle_core::Error::Msg("a step without batches".into()))?;
-        let grad_norm = self.optimizer.clip_grad_norm(&mut grads, self.max_grad_norm)?;
+        let mut grads =
+            grads.ok_or_else(|| candle_core::Error::Msg("a step without batches".into()))?;
+        let grad_norm = self
+            .optimizer
+            .clip_grad_norm(&mut grads, self.max_grad_norm)?;
         self.optimizer.step(&self.params, &grads, lr)?;
         Ok(StepOutcome {
             loss: self.total(&losses)?,
@@ -72,7 +75,7 @@ impl Learner {
 
     /// Forward, loss (scaled for accumulation) and backward of one micro-batch.
     fn backward(&mut self, features: &[&Feature]) -> Result<(Tensor, Grads), TrainError> {
-        let host = self.model.device().is_cpu();
+        let host = self.model.plan().host;
         let batch = make_batch(features, self.pad_to, self.model.device())?;
         let (start, end) = self.model.forward(&batch, self.dropout.as_mut())?;
         let (starts, ends) = crate::labels(features);
@@ -84,7 +87,7 @@ impl Learner {
 
     /// The step's loss: read at once on the host, left on the device elsewhere.
     fn total(&self, losses: &[Tensor]) -> Result<Scalar, TrainError> {
-        if self.model.device().is_cpu() {
+        if self.model.plan().host {
             let mut sum = 0f64;
             for l in losses {
                 sum += l.to_scalar::<f32>()? as f64;

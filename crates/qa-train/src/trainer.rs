@@ -262,7 +262,7 @@ impl<'a> Trainer<'a> {
                 let log_now = tc.logging_steps > 0 && (n % tc.logging_steps == 0 || at_end);
                 let save_now = tc.save_steps > 0 && n % tc.save_steps == 0 && !at_end;
                 // The host reads each step's numbers at once; a GPU run at logging steps only.
-                if self.plan.device.is_cpu() || log_now || save_now {
+                if self.plan.host || log_now || save_now {
                     self.flush()?;
                 }
                 self.state.train_seconds += started.elapsed().as_secs_f64();

@@ -7,15 +7,19 @@
 use candle_core::{Device, Tensor};
 use qa_model::testing::{fixture, seeded_checkpoint};
 use qa_model::{make_batch, Mode, RunOptions, RunPlan};
-use qa_train::optim::{AdamW, AdamWConfig};
 use qa_train::step::Learner;
 use squad_core::Feature;
+
+mod common;
 
 fn gpu() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(d) => Some(d),
         Err(e) => {
-            eprintln!("skipped: no usable CUDA GPU ({})", e.to_string().lines().next().unwrap_or(""));
+            eprintln!(
+                "skipped: no usable CUDA GPU ({})",
+                e.to_string().lines().next().unwrap_or("")
+            );
             None
         }
     }
@@ -28,27 +32,18 @@ fn features(name: &str, n: usize) -> Vec<Feature> {
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.to_device(&Device::Cpu).unwrap();
     let b = b.to_device(&Device::Cpu).unwrap();
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 fn learner(plan: &RunPlan) -> Learner {
-    let ck = seeded_checkpoint(plan);
-    let adam = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
-    let optimizer = AdamW::new(adam, &ck.params, plan);
-    Learner {
-        model: ck.model,
-        params: ck.params,
-        optimizer,
-        dropout: None,
-        pad_to: Some(384),
-        accumulation: 1,
-        max_grad_norm: 1.0,
-    }
+    common::seeded_learner(plan, 1)
 }
 
 #[test]
@@ -59,8 +54,12 @@ fn eval_logits_on_the_gpu_match_the_cpu_within_1e_3() {
     let cpu_model = seeded_checkpoint(&RunPlan::cpu_inference()).model;
     let gpu_model = seeded_checkpoint(&RunPlan::inference(gpu.clone())).model;
     for chunk in refs.chunks(8) {
-        let (cs, ce) = cpu_model.forward(&make_batch(chunk, None, &Device::Cpu).unwrap(), None).unwrap();
-        let (gs, ge) = gpu_model.forward(&make_batch(chunk, None, &gpu).unwrap(), None).unwrap();
+        let (cs, ce) = cpu_model
+            .forward(&make_batch(chunk, None, &Device::Cpu).unwrap(), None)
+            .unwrap();
+        let (gs, ge) = gpu_model
+            .forward(&make_batch(chunk, None, &gpu).unwrap(), None)
+            .unwrap();
         let d = max_diff(&cs, &gs).max(max_diff(&ce, &ge));
         assert!(d < 1e-3, "logits differ by {d}");
     }
@@ -77,15 +76,27 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
     let want = cpu.step(0, &[batch.clone()], 2e-5).unwrap();
     let (want_loss, want_norm) = (want.loss.value().unwrap(), want.grad_norm.value().unwrap());
     for (fused_cuda_norm, fused_cuda_adamw) in [(false, true), (true, true), (false, false)] {
-        let options = RunOptions { fused_cuda_norm, fused_cuda_adamw };
+        let options = RunOptions {
+            fused_cuda_norm,
+            fused_cuda_adamw,
+        };
         let mut on_gpu = learner(&RunPlan::new(gpu.clone(), Mode::Train, options.clone()));
         let got = on_gpu.step(0, &[batch.clone()], 2e-5).unwrap();
         let (loss, norm) = (got.loss.value().unwrap(), got.grad_norm.value().unwrap());
-        assert!((loss - want_loss).abs() / want_loss < 1e-3, "{options:?}: loss {loss} vs {want_loss}");
-        assert!((norm - want_norm).abs() / want_norm < 1e-3, "{options:?}: grad norm {norm} vs {want_norm}");
+        assert!(
+            (loss - want_loss).abs() / want_loss < 1e-3,
+            "{options:?}: loss {loss} vs {want_loss}"
+        );
+        assert!(
+            (norm - want_norm).abs() / want_norm < 1e-3,
+            "{options:?}: grad norm {norm} vs {want_norm}"
+        );
         for (name, var) in &cpu.params.vars {
             let d = max_diff(var.as_tensor(), on_gpu.params.vars[name].as_tensor());
-            assert!(d < 1e-4, "{options:?}: {name} differs by {d} after one step");
+            assert!(
+                d < 1e-4,
+                "{options:?}: {name} differs by {d} after one step"
+            );
         }
     }
 }
@@ -100,8 +111,18 @@ fn dropout_masks_on_the_gpu_are_the_cpus() {
     let loss = |plan: &RunPlan| {
         let mut l = learner(plan);
         l.dropout = Some(qa_model::DropoutRng::new(43));
-        l.step(0, &[batch.clone()], 2e-5).unwrap().loss.value().unwrap()
+        l.step(0, &[batch.clone()], 2e-5)
+            .unwrap()
+            .loss
+            .value()
+            .unwrap()
     };
-    let (cpu, on_gpu) = (loss(&RunPlan::cpu_train()), loss(&RunPlan::new(gpu, Mode::Train, RunOptions::default())));
-    assert!((cpu - on_gpu).abs() / cpu < 1e-3, "loss with dropout: cpu {cpu}, gpu {on_gpu}");
+    let (cpu, on_gpu) = (
+        loss(&RunPlan::cpu_train()),
+        loss(&RunPlan::new(gpu, Mode::Train, RunOptions::default())),
+    );
+    assert!(
+        (cpu - on_gpu).abs() / cpu < 1e-3,
+        "loss with dropout: cpu {cpu}, gpu {on_gpu}"
+    );
 }

@@ -9,33 +9,16 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use qa_model::schema::split_qkv;
-use qa_model::testing::{fixture, seeded_checkpoint};
+mod common;
+
+use qa_model::testing::fixture;
 use qa_model::RunPlan;
 use qa_train::gather_flat;
-use qa_train::optim::{AdamW, AdamWConfig};
 use qa_train::step::Learner;
 use squad_core::Feature;
 
-/// The trainer's step over the seeded checkpoint, as HF Trainer's settings build it.
 fn seeded_learner(accumulation: usize) -> Learner {
-    let plan = RunPlan::cpu_train();
-    let ck = seeded_checkpoint(&plan);
-    let adam = AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-    };
-    let optimizer = AdamW::new(adam, &ck.params, &plan);
-    Learner {
-        model: ck.model,
-        params: ck.params,
-        optimizer,
-        dropout: None,
-        pad_to: Some(384),
-        accumulation,
-        max_grad_norm: 1.0,
-    }
+    common::seeded_learner(&RunPlan::cpu_train(), accumulation)
 }
 
 fn tiny_features(n: usize) -> Vec<Feature> {
@@ -77,7 +60,10 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
     let before = snapshot(&learner);
     for (step, lr) in [(1usize, 2e-5), (2, 1e-5)] {
         let outcome = learner.step(step - 1, &[batch.clone()], lr).unwrap();
-        let (loss, norm) = (outcome.loss.value().unwrap(), outcome.grad_norm.value().unwrap());
+        let (loss, norm) = (
+            outcome.loss.value().unwrap(),
+            outcome.grad_norm.value().unwrap(),
+        );
         assert_eq!(outcome.features, 8);
         let want_loss = info["losses"][step - 1].as_f64().unwrap();
         let want_norm = info["grad_norms"][step - 1].as_f64().unwrap();
@@ -98,7 +84,10 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
                 .filter(|(name, t)| max_abs_diff(&now[*name], t) == 0.0)
                 .map(|(n, _)| n)
                 .collect();
-            assert!(unchanged.is_empty(), "tensors that did not move: {unchanged:?}");
+            assert!(
+                unchanged.is_empty(),
+                "tensors that did not move: {unchanged:?}"
+            );
             assert_eq!(before.len(), 103, "all of BertForQuestionAnswering");
         }
         compare_with_reference(&now, &reference, step);
@@ -107,7 +96,11 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
 
 /// Sampled weights after `step` equal torch's within 1e-5 (the rounding-noise bias within
 /// Adam's step bound).
-fn compare_with_reference(now: &BTreeMap<String, Tensor>, reference: &std::collections::HashMap<String, Tensor>, step: usize) {
+fn compare_with_reference(
+    now: &BTreeMap<String, Tensor>,
+    reference: &std::collections::HashMap<String, Tensor>,
+    step: usize,
+) {
     let mut worst = (0f32, String::new());
     let mut compared = 0;
     for (name, t) in now {
@@ -142,7 +135,12 @@ fn compare_with_reference(now: &BTreeMap<String, Tensor>, reference: &std::colle
         worst.0, worst.1
     );
     assert!(compared > 90_000);
-    assert!(worst.0 < 1e-5, "step {step}: {} differs by {}", worst.1, worst.0);
+    assert!(
+        worst.0 < 1e-5,
+        "step {step}: {} differs by {}",
+        worst.1,
+        worst.0
+    );
 }
 
 /// Gradient accumulation: two micro-batches of 8 (each loss divided by 2) take the same two
@@ -155,11 +153,19 @@ fn accumulating_two_batches_of_8_steps_as_one_batch_of_16() {
     let (mut one, mut two) = (seeded_learner(1), seeded_learner(2));
     for (step, lr) in [(0, 2e-5), (1, 1e-5)] {
         let a = one.step(step, &[all.clone()], lr).unwrap();
-        let b = two.step(step, &[all[..8].to_vec(), all[8..].to_vec()], lr).unwrap();
+        let b = two
+            .step(step, &[all[..8].to_vec(), all[8..].to_vec()], lr)
+            .unwrap();
         let (la, lb) = (a.loss.value().unwrap(), b.loss.value().unwrap());
         let (na, nb) = (a.grad_norm.value().unwrap(), b.grad_norm.value().unwrap());
-        assert!((la - lb).abs() / la < 1e-5, "step {step}: loss {la} vs {lb}");
-        assert!((na - nb).abs() / na < 1e-5, "step {step}: grad norm {na} vs {nb}");
+        assert!(
+            (la - lb).abs() / la < 1e-5,
+            "step {step}: loss {la} vs {lb}"
+        );
+        assert!(
+            (na - nb).abs() / na < 1e-5,
+            "step {step}: grad norm {na} vs {nb}"
+        );
         assert_eq!((a.features, b.features), (16, 16));
     }
     let (wa, wb) = (snapshot(&one), snapshot(&two));
@@ -167,17 +173,30 @@ fn accumulating_two_batches_of_8_steps_as_one_batch_of_16() {
     for (name, t) in &wa {
         let d = max_abs_diff(t, &wb[name]);
         if name == GRADIENT_IS_ROUNDING_NOISE {
-            assert!(d <= 2.0 * 3e-5 * 1.01, "{name}: {d} beyond Adam's step bound");
+            assert!(
+                d <= 2.0 * 3e-5 * 1.01,
+                "{name}: {d} beyond Adam's step bound"
+            );
         } else if d > worst.0 {
             worst = (d, name.clone());
         }
     }
-    eprintln!("accumulation: max |weight diff| {:e} ({})", worst.0, worst.1);
+    eprintln!(
+        "accumulation: max |weight diff| {:e} ({})",
+        worst.0, worst.1
+    );
     assert!(worst.0 < 1e-6, "{} differs by {}", worst.1, worst.0);
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// The JSON header of a safetensors file: (tensor names, `__metadata__`).
