@@ -13,11 +13,11 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use qa_eval::evaluate::{evaluate_model, write_outputs, EvalSet};
+use qa_eval::postprocess::PostprocessConfig;
 use qa_model::checkpoint::save_with;
 use qa_model::loss::qa_loss;
 use qa_model::params::decays;
 use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint, DropoutRng, Params};
-use squad_core::postprocess::PostprocessConfig;
 use squad_core::{Feature, PipelineConfig};
 
 use crate::metrics_log::MetricsLog;
