@@ -10,12 +10,13 @@ use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint, RunPlan};
 use serde::Serialize;
 use squad_core::features::{self, FeatureSplit};
 use squad_core::fsutil::{sha256_file, write_atomic_bytes};
-use squad_core::metric::{evaluate_v1, evaluate_v2, Gold};
 use squad_core::parquet_io::{write_parquet, Metadata};
-use squad_core::postprocess::{postprocess, PostprocessConfig, Predictions};
 use squad_core::shard::Shard;
 use squad_core::vocab::{tokenizer_file, vocab_sha256};
 use squad_core::{Example, Feature};
+
+use crate::metric::{evaluate_v1, evaluate_v2, Gold};
+use crate::postprocess::{postprocess, Logits, PostprocessConfig, Predictions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -55,7 +56,7 @@ pub fn run_forward(
     feats: &[Feature],
     batch_size: usize,
     progress: bool,
-) -> Result<Vec<(Vec<f32>, Vec<f32>)>, EvalError> {
+) -> Result<Vec<Logits>, EvalError> {
     let bar = if progress {
         ProgressBar::new(feats.len() as u64)
     } else {
@@ -73,14 +74,14 @@ pub fn run_forward(
     // the tokens); the logits go back to the features' own order.
     let mut order: Vec<usize> = (0..feats.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(feats[i].input_ids.len()));
-    let mut rows = vec![(vec![], vec![]); feats.len()];
+    let mut rows = vec![Logits::default(); feats.len()];
     type Pending<'a> = Vec<(Tensor, Tensor, &'a [usize])>;
     let mut pending: Pending = vec![];
     let mut read = |pending: &mut Pending| -> Result<(), EvalError> {
         for (s, e, indices) in pending.drain(..) {
             let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
             for ((s, e), &i) in s.into_iter().zip(e).zip(indices) {
-                rows[i] = (s, e);
+                rows[i] = Logits { start: s, end: e };
             }
             bar.inc(indices.len() as u64);
         }
@@ -235,7 +236,7 @@ impl EvalSet {
 
 /// What evaluating a model on an `EvalSet` gives.
 pub struct Evaluation {
-    pub logits: Vec<(Vec<f32>, Vec<f32>)>,
+    pub logits: Vec<Logits>,
     pub predictions: Predictions,
     pub metrics: serde_json::Map<String, serde_json::Value>,
     pub seconds_forward: f64,
@@ -340,11 +341,11 @@ pub const PADDING_LOGIT: f32 = -10_000.0;
 /// `start_logits`/`end_logits` list<f32> columns (what ref_postprocess.py reads), each row
 /// padded with `PADDING_LOGIT` to `pad_to` (the features' max_length) when known.
 fn logits_frame(
-    rows: &[(Vec<f32>, Vec<f32>)],
+    rows: &[Logits],
     pad_to: Option<usize>,
 ) -> Result<squad_core::polars::prelude::DataFrame, EvalError> {
     use squad_core::polars::prelude::*;
-    let col = |name: &str, pick: fn(&(Vec<f32>, Vec<f32>)) -> &Vec<f32>| -> Column {
+    let col = |name: &str, pick: fn(&Logits) -> &Vec<f32>| -> Column {
         let mut b = ListPrimitiveChunkedBuilder::<Float32Type>::new(
             name.into(),
             rows.len(),
@@ -361,7 +362,10 @@ fn logits_frame(
     };
     DataFrame::new(
         rows.len(),
-        vec![col("start_logits", |r| &r.0), col("end_logits", |r| &r.1)],
+        vec![
+            col("start_logits", |r| &r.start),
+            col("end_logits", |r| &r.end),
+        ],
     )
     .map_err(|e| EvalError::Input {
         path: "eval_logits.parquet".into(),

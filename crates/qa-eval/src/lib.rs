@@ -1,15 +1,18 @@
 //! `qa-eval`: SQuAD metrics. `score` is a drop-in replacement for the official
-//! `evaluate-v1.1.py` / `evaluate-v2.0.py` scripts (see `squad_core::metric`), and merges
+//! `evaluate-v1.1.py` / `evaluate-v2.0.py` scripts (see [`metric`]), and merges
 //! several prediction files (the shards of a sharded evaluation).
 
 pub mod evaluate;
+pub mod metric;
+pub mod postprocess;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use squad_core::fsutil::read_maybe_gzip;
-use squad_core::metric::{evaluate_v1, evaluate_v2, unknown_ids, Gold, OrderedMap};
 use squad_ingest::squad_json::SquadFile;
+
+use metric::{evaluate_v1, evaluate_v2, unknown_ids, Gold, OrderedMap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
@@ -17,6 +20,11 @@ pub enum ScoreError {
     Core(#[from] squad_core::Error),
     #[error("{}: {message}", path.display())]
     Input { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Metric {
+        path: PathBuf,
+        source: metric::MetricError,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +143,12 @@ pub fn score(
         gold.retain(|q| preds.contains_key(&q.id));
     }
     let metrics = if v2 {
-        evaluate_v2(&gold, &preds, na.as_deref(), options.na_prob_thresh)
-            .map_err(|m| input_err(na_probs.unwrap_or(data), m))?
+        evaluate_v2(&gold, &preds, na.as_deref(), options.na_prob_thresh).map_err(|source| {
+            ScoreError::Metric {
+                path: na_probs.unwrap_or(data).to_path_buf(),
+                source,
+            }
+        })?
     } else {
         let s = evaluate_v1(&gold, &preds);
         if !s.missing.is_empty() {

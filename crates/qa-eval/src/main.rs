@@ -3,9 +3,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use qa_eval::evaluate::{evaluate, EvalInputs};
+use qa_eval::postprocess::PostprocessConfig;
 use qa_eval::{score, ScoreOptions, Version};
 use squad_core::exit::finish;
-use squad_core::postprocess::PostprocessConfig;
 use squad_core::shard::Shard;
 use squad_core::PipelineConfig;
 

@@ -1,6 +1,8 @@
 //! `qa-eval` end to end on the tiny file with the base model (`make model`; untrained head):
 //! every output file, predictions for every example, and the input checks.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -8,21 +10,13 @@ use qa_features::{make_features_file, QaTokenizer, Settings};
 use squad_core::features::FeatureSplit;
 use squad_ingest::{read_squad, write_outputs, IngestOptions, Selection, Shard};
 
+use common::{fixture, model};
+
 const BIN: &str = env!("CARGO_BIN_EXE_qa-eval");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model() -> PathBuf {
-    let dir = root().join("data/models/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "run `make model`");
-    dir
-}
 
 /// Examples and features files for tiny.json, made the way the pipeline makes them.
 fn inputs(dir: &Path, split: FeatureSplit) -> (PathBuf, PathBuf) {
-    let json = root().join("crates/qa-features/tests/fixtures/tiny.json");
+    let json = fixture("qa-features", "tiny.json");
     let ingested = read_squad(&json, &IngestOptions::default()).unwrap();
     let examples = dir.join("tiny.examples.parquet");
     write_outputs(&examples, &ingested, &Selection::default()).unwrap();
@@ -101,7 +95,7 @@ fn rejects_train_features_and_mismatched_examples() {
     let (_, eval_feats) = inputs(dir.path(), FeatureSplit::Eval);
     let other = dir.path().join("other.examples.parquet");
     let ingested = read_squad(
-        &root().join("crates/qa-features/tests/fixtures/tiny_v2.json"),
+        &fixture("qa-features", "tiny_v2.json"),
         &IngestOptions::default(),
     )
     .unwrap();
@@ -211,7 +205,7 @@ fn read_json(p: PathBuf) -> serde_json::Map<String, serde_json::Value> {
 #[test]
 fn a_sharded_evaluation_merges_to_the_unsharded_one() {
     let dir = tempfile::tempdir().unwrap();
-    let json = root().join("crates/qa-features/tests/fixtures/tiny_v2.json");
+    let json = fixture("qa-features", "tiny_v2.json");
     let (examples, feats) = shard_inputs(dir.path(), &json, None, None);
     let whole = dir.path().join("eval-all");
     assert!(eval(&examples, &feats, &whole).status.success());

@@ -2,23 +2,19 @@
 //! ref_postprocess.py): the same logits and features give the same predictions.json, n-best
 //! texts and logits, for v1.1 and v2.0 (with a threshold that predicts "" for some).
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use qa_eval::postprocess::{postprocess, Logits, PostprocessConfig, Predictions};
 use squad_core::parquet_io::{read_parquet, Columns};
-use squad_core::postprocess::{postprocess, PostprocessConfig, Predictions};
 use squad_core::Feature;
 use squad_ingest::{read_squad, IngestOptions};
 
-fn fixture(dir: &str, name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(dir)
-        .join("tests/fixtures")
-        .join(name)
-}
+use common::fixture;
 
 /// The oracle's eval features (padded to 384) with their offsets, and the logits rows.
-fn oracle_inputs(features: &Path, logits: &Path) -> (Vec<Feature>, Vec<(Vec<f32>, Vec<f32>)>) {
+fn oracle_inputs(features: &Path, logits: &Path) -> (Vec<Feature>, Vec<Logits>) {
     let (df, _) = read_parquet(features).unwrap();
     let c = Columns::new(features, &df);
     let mask = c.i32_lists("attention_mask").unwrap();
@@ -56,6 +52,7 @@ fn oracle_inputs(features: &Path, logits: &Path) -> (Vec<Feature>, Vec<(Vec<f32>
         .unwrap()
         .into_iter()
         .zip(c.f32_lists("end_logits").unwrap())
+        .map(|(start, end)| Logits { start, end })
         .collect();
     (feats, rows)
 }

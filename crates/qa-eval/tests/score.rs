@@ -2,22 +2,14 @@
 //! committed by scripts/make_metric_fixtures.py), on prediction files that hit every
 //! normalisation rule; plus shard merging and bad prediction files.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::fixture;
+
 const BIN: &str = env!("CARGO_BIN_EXE_qa-eval");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../qa-features/tests/fixtures")
-        .join(name)
-}
 
 fn score(args: &[&str]) -> Output {
     Command::new(BIN).arg("score").args(args).output().unwrap()
@@ -34,7 +26,8 @@ fn metrics(out: &Output) -> serde_json::Map<String, serde_json::Value> {
 
 fn expected(case: &str) -> serde_json::Map<String, serde_json::Value> {
     let all: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("expected.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fixture("qa-eval", "expected.json")).unwrap())
+            .unwrap();
     all[case].as_object().unwrap().clone()
 }
 
@@ -59,7 +52,10 @@ fn p(path: &Path) -> &str {
 
 #[test]
 fn v1_1_equals_the_official_metric() {
-    let (d, preds) = (data("tiny.json"), fixture("v1.predictions.json"));
+    let (d, preds) = (
+        fixture("qa-features", "tiny.json"),
+        fixture("qa-eval", "v1.predictions.json"),
+    );
     let out = score(&["--data", p(&d), "--predictions", p(&preds)]);
     assert_same(&metrics(&out), &expected("v1"));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -80,9 +76,9 @@ fn v1_1_equals_the_official_metric() {
 #[test]
 fn v2_0_equals_the_official_metric_with_and_without_na_probs() {
     let (d, preds, na) = (
-        data("tiny_v2.json"),
-        fixture("v2.predictions.json"),
-        fixture("v2.na_probs.json"),
+        fixture("qa-features", "tiny_v2.json"),
+        fixture("qa-eval", "v2.predictions.json"),
+        fixture("qa-eval", "v2.na_probs.json"),
     );
     assert_same(
         &metrics(&score(&["--data", p(&d), "--predictions", p(&preds)])),
@@ -105,7 +101,8 @@ fn v2_0_equals_the_official_metric_with_and_without_na_probs() {
 fn shards_merge_to_the_same_score() {
     let dir = tempfile::tempdir().unwrap();
     let all: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(fixture("v1.predictions.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fixture("qa-eval", "v1.predictions.json")).unwrap())
+            .unwrap();
     let (mut a, mut b) = (serde_json::Map::new(), serde_json::Map::new());
     for (i, (k, v)) in all.into_iter().enumerate() {
         if i % 2 == 0 {
@@ -117,7 +114,7 @@ fn shards_merge_to_the_same_score() {
     let (pa, pb) = (dir.path().join("a.json"), dir.path().join("b.json"));
     std::fs::write(&pa, serde_json::to_string(&a).unwrap()).unwrap();
     std::fs::write(&pb, serde_json::to_string(&b).unwrap()).unwrap();
-    let d = data("tiny.json");
+    let d = fixture("qa-features", "tiny.json");
     assert_same(
         &metrics(&score(&["--data", p(&d), "--predictions", p(&pa), p(&pb)])),
         &expected("v1"),
@@ -131,7 +128,7 @@ fn shards_merge_to_the_same_score() {
 #[test]
 fn bad_prediction_files() {
     let dir = tempfile::tempdir().unwrap();
-    let d = data("tiny.json");
+    let d = fixture("qa-features", "tiny.json");
     let bad = dir.path().join("nonstring.json");
     std::fs::write(&bad, r#"{"rhine-q1": 42}"#).unwrap();
     let out = score(&["--data", p(&d), "--predictions", p(&bad)]);

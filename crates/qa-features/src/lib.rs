@@ -64,6 +64,18 @@ pub struct Report {
 
 pub use squad_core::text::python_lstrip;
 
+/// One example's features, and what the report counts about it.
+#[derive(Debug, Default)]
+struct ExampleFeatures {
+    features: Vec<Feature>,
+    /// Per feature: its train label differs from HF's (see `windows::label_window`).
+    hf_edge_cases: Vec<bool>,
+    /// Train: the id of a question skipped for lack of room.
+    skipped: Option<String>,
+    /// Eval: the id of a question cut to MAX_QUERY_TOKENS tokens to make room.
+    truncated: Option<String>,
+}
+
 /// The features of one example, or None when there is no room (the caller decides).
 fn example_features(
     tok: &QaTokenizer,
@@ -73,7 +85,7 @@ fn example_features(
     example: &Example,
     question: &Tokens,
     context: &Tokens,
-) -> Option<(Vec<Feature>, Vec<bool>)> {
+) -> Option<ExampleFeatures> {
     let Settings { max_length, stride } = settings;
     let n = context.len();
     let fits_whole = question.len() + n + 3 <= max_length;
@@ -129,7 +141,11 @@ fn example_features(
             offsets,
         });
     }
-    Some((features, edge_cases))
+    Some(ExampleFeatures {
+        features,
+        hf_edge_cases: edge_cases,
+        ..ExampleFeatures::default()
+    })
 }
 
 /// Tokenizes every question and every distinct context (in parallel), then builds the
@@ -146,75 +162,119 @@ pub fn build_features(
             stride: settings.stride,
         });
     }
-    // Consecutive questions usually share their paragraph: tokenize each context once.
-    let mut context_of = Vec::with_capacity(examples.len());
-    let mut contexts: Vec<&str> = Vec::new();
-    for e in examples {
-        if contexts.last() != Some(&e.context.as_str()) {
-            contexts.push(&e.context);
-        }
-        context_of.push(contexts.len() - 1);
-    }
-    let context_tokens: Vec<Tokens> = contexts
-        .par_iter()
-        .map(|c| tok.encode(c))
-        .collect::<Result<_, _>>()?;
-    let question_tokens: Vec<Tokens> = examples
-        .par_iter()
-        .map(|e| tok.encode(python_lstrip(&e.question)))
-        .collect::<Result<_, _>>()?;
-
-    let built: Vec<
-        Result<(Vec<Feature>, Vec<bool>, Option<String>, Option<String>), FeaturesError>,
-    > = examples
+    let tokens = Tokenized::new(tok, examples)?;
+    let built: Vec<Result<ExampleFeatures, FeaturesError>> = examples
         .par_iter()
         .enumerate()
         .map(|(i, e)| {
-            let context = &context_tokens[context_of[i]];
-            let question = &question_tokens[i];
-            if let Some((f, edge)) = example_features(tok, settings, split, i, e, question, context)
-            {
-                return Ok((f, edge, None, None));
-            }
-            match split {
-                FeatureSplit::Train => Ok((Vec::new(), Vec::new(), Some(e.id.clone()), None)),
-                FeatureSplit::Eval => {
-                    let cut = question.truncated(MAX_QUERY_TOKENS);
-                    example_features(tok, settings, split, i, e, &cut, context)
-                        .map(|(f, edge)| (f, edge, None, Some(e.id.clone())))
-                        .ok_or_else(|| FeaturesError::NoRoom {
-                            id: e.id.clone(),
-                            window: settings.max_length.saturating_sub(cut.len() + 3),
-                            stride: settings.stride,
-                        })
-                }
-            }
+            let (question, context) = tokens.of(i);
+            features_or_fallback(tok, settings, split, i, e, question, context)
         })
         .collect();
-
     let mut features = Vec::with_capacity(examples.len() * 11 / 10);
     let mut report = Report {
         examples: examples.len(),
         ..Report::default()
     };
     for item in built {
-        let (fs, edges, skipped, truncated) = item?;
-        report.skipped_questions.extend(skipped);
-        report.truncated_questions.extend(truncated);
-        for (f, edge) in fs.into_iter().zip(edges) {
+        report.add(item?, &mut features);
+    }
+    report.features = features.len();
+    Ok((features, report))
+}
+
+/// The tokens of every question, and of every distinct context.
+struct Tokenized {
+    questions: Vec<Tokens>,
+    contexts: Vec<Tokens>,
+    /// Per example: its context in `contexts`.
+    context_of: Vec<usize>,
+}
+
+impl Tokenized {
+    fn new(tok: &QaTokenizer, examples: &[Example]) -> Result<Self, FeaturesError> {
+        // Consecutive questions usually share their paragraph: tokenize each context once.
+        let mut context_of = Vec::with_capacity(examples.len());
+        let mut contexts: Vec<&str> = Vec::new();
+        for e in examples {
+            if contexts.last() != Some(&e.context.as_str()) {
+                contexts.push(&e.context);
+            }
+            context_of.push(contexts.len() - 1);
+        }
+        let contexts: Vec<Tokens> = contexts
+            .par_iter()
+            .map(|c| tok.encode(c))
+            .collect::<Result<_, _>>()?;
+        let questions: Vec<Tokens> = examples
+            .par_iter()
+            .map(|e| tok.encode(python_lstrip(&e.question)))
+            .collect::<Result<_, _>>()?;
+        Ok(Tokenized {
+            questions,
+            contexts,
+            context_of,
+        })
+    }
+
+    /// Question and context tokens of example `i`.
+    fn of(&self, i: usize) -> (&Tokens, &Tokens) {
+        (&self.questions[i], &self.contexts[self.context_of[i]])
+    }
+}
+
+/// The features of example `i`. Without room for a window: in train none (the question
+/// is skipped), in eval those of the question cut to MAX_QUERY_TOKENS tokens, or an error
+/// when even that leaves no room.
+fn features_or_fallback(
+    tok: &QaTokenizer,
+    settings: Settings,
+    split: FeatureSplit,
+    i: usize,
+    e: &Example,
+    question: &Tokens,
+    context: &Tokens,
+) -> Result<ExampleFeatures, FeaturesError> {
+    if let Some(built) = example_features(tok, settings, split, i, e, question, context) {
+        return Ok(built);
+    }
+    match split {
+        FeatureSplit::Train => Ok(ExampleFeatures {
+            skipped: Some(e.id.clone()),
+            ..ExampleFeatures::default()
+        }),
+        FeatureSplit::Eval => {
+            let cut = question.truncated(MAX_QUERY_TOKENS);
+            example_features(tok, settings, split, i, e, &cut, context)
+                .map(|built| ExampleFeatures {
+                    truncated: Some(e.id.clone()),
+                    ..built
+                })
+                .ok_or_else(|| FeaturesError::NoRoom {
+                    id: e.id.clone(),
+                    window: settings.max_length.saturating_sub(cut.len() + 3),
+                    stride: settings.stride,
+                })
+        }
+    }
+}
+
+impl Report {
+    /// Counts one example's features into the report and moves them to `features`.
+    fn add(&mut self, built: ExampleFeatures, features: &mut Vec<Feature>) {
+        self.skipped_questions.extend(built.skipped);
+        self.truncated_questions.extend(built.truncated);
+        for (f, edge) in built.features.into_iter().zip(built.hf_edge_cases) {
             if edge {
-                report
-                    .hf_edge_case_labels
+                self.hf_edge_case_labels
                     .push((f.example_id.clone(), f.window_index));
             }
             if f.labels == Some((0, 0)) {
-                report.cls_labelled += 1;
+                self.cls_labelled += 1;
             }
             features.push(f);
         }
     }
-    report.features = features.len();
-    Ok((features, report))
 }
 
 /// Reads an examples file, builds the features of all its examples or of one `shard` of

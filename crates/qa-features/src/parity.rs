@@ -33,6 +33,19 @@ impl ParityReport {
     }
 }
 
+/// The oracle file's columns, padded rows as written.
+struct OracleRows {
+    ids: Vec<String>,
+    mapping: Vec<i32>,
+    input_ids: Vec<Vec<i32>>,
+    types: Vec<Vec<i32>>,
+    mask: Vec<Vec<i32>>,
+    /// Train: `start_positions`, `end_positions`.
+    labels: Option<(Vec<i32>, Vec<i32>)>,
+    /// Eval: `offset_start`, `offset_end`.
+    offsets: Option<(Vec<Vec<i32>>, Vec<Vec<i32>>)>,
+}
+
 /// Compares `ours` with the oracle file at `reference`.
 pub fn compare(
     ours: &[Feature],
@@ -41,78 +54,86 @@ pub fn compare(
 ) -> squad_core::Result<ParityReport> {
     let (df, _) = read_parquet(reference)?;
     let c = Columns::new(reference, &df);
-    let ids = c.strings("example_id")?;
-    let mapping = c.i32s("overflow_to_sample_mapping")?;
-    let input_ids = c.i32_lists("input_ids")?;
-    let types = c.i32_lists("token_type_ids")?;
-    let mask = c.i32_lists("attention_mask")?;
+    let mut oracle = OracleRows {
+        ids: c.strings("example_id")?,
+        mapping: c.i32s("overflow_to_sample_mapping")?,
+        input_ids: c.i32_lists("input_ids")?,
+        types: c.i32_lists("token_type_ids")?,
+        mask: c.i32_lists("attention_mask")?,
+        labels: None,
+        offsets: None,
+    };
     let mut report = ParityReport {
         features: ours.len(),
         ..Default::default()
     };
-    if ids.len() != ours.len() {
+    if oracle.ids.len() != ours.len() {
         report.mismatch(format!(
             "{} features here, {} in the reference",
             ours.len(),
-            ids.len()
+            oracle.ids.len()
         ));
         return Ok(report);
     }
-    let (labels, offsets) = match split {
-        FeatureSplit::Train => (
-            Some((c.i32s("start_positions")?, c.i32s("end_positions")?)),
-            None,
-        ),
-        FeatureSplit::Eval => (
-            None,
-            Some((c.i32_lists("offset_start")?, c.i32_lists("offset_end")?)),
-        ),
-    };
+    match split {
+        FeatureSplit::Train => {
+            oracle.labels = Some((c.i32s("start_positions")?, c.i32s("end_positions")?));
+        }
+        FeatureSplit::Eval => {
+            oracle.offsets = Some((c.i32_lists("offset_start")?, c.i32_lists("offset_end")?));
+        }
+    }
     for (i, f) in ours.iter().enumerate() {
-        let at = format!("feature {i} ({} window {})", f.example_id, f.window_index);
-        let n = mask[i].iter().filter(|&&m| m == 1).count();
-        if f.example_id != ids[i] || f.example_index as i32 != mapping[i] {
-            report.mismatch(format!(
-                "{at}: example {} #{} in the reference",
-                ids[i], mapping[i]
-            ));
-            continue;
-        }
-        if f.len() != n || mask[i][..n].iter().any(|&m| m != 1) {
-            report.mismatch(format!("{at}: {} tokens, reference {n}", f.len()));
-            continue;
-        }
-        if f.input_ids[..] != input_ids[i][..n] {
-            report.mismatch(format!("{at}: input_ids differ"));
-        }
-        if f.token_type_ids[..] != types[i][..n] {
-            report.mismatch(format!("{at}: token_type_ids differ"));
-        }
-        if let (Some((starts, ends)), Some(ours)) = (&labels, f.labels) {
-            let theirs = (starts[i], ends[i]);
-            let max_length = input_ids[i].len() as i32;
-            if ours != theirs {
-                let edge = theirs.0 == max_length - 1 && theirs.0 > theirs.1 && ours.1 == theirs.1;
-                if edge {
-                    report
-                        .hf_edge_cases
-                        .push((f.example_id.clone(), f.window_index, theirs, ours));
-                } else {
-                    report.mismatch(format!("{at}: labels {ours:?}, reference {theirs:?}"));
-                }
-            }
-        }
-        if let (Some((s, e)), Some(ours)) = (&offsets, &f.offsets) {
-            let same = ours
-                .iter()
-                .zip(s[i].iter().zip(&e[i]))
-                .all(|(o, (&s, &e))| *o == (s, e));
-            if !same {
-                report.mismatch(format!("{at}: offsets differ"));
+        compare_feature(&mut report, &oracle, i, f);
+    }
+    Ok(report)
+}
+
+/// Records how feature `i` differs from the oracle's row `i`.
+fn compare_feature(report: &mut ParityReport, oracle: &OracleRows, i: usize, f: &Feature) {
+    let at = format!("feature {i} ({} window {})", f.example_id, f.window_index);
+    let mask = &oracle.mask[i];
+    let n = mask.iter().filter(|&&m| m == 1).count();
+    if f.example_id != oracle.ids[i] || f.example_index as i32 != oracle.mapping[i] {
+        report.mismatch(format!(
+            "{at}: example {} #{} in the reference",
+            oracle.ids[i], oracle.mapping[i]
+        ));
+        return;
+    }
+    if f.len() != n || mask[..n].iter().any(|&m| m != 1) {
+        report.mismatch(format!("{at}: {} tokens, reference {n}", f.len()));
+        return;
+    }
+    if f.input_ids[..] != oracle.input_ids[i][..n] {
+        report.mismatch(format!("{at}: input_ids differ"));
+    }
+    if f.token_type_ids[..] != oracle.types[i][..n] {
+        report.mismatch(format!("{at}: token_type_ids differ"));
+    }
+    if let (Some((starts, ends)), Some(ours)) = (&oracle.labels, f.labels) {
+        let theirs = (starts[i], ends[i]);
+        let max_length = oracle.input_ids[i].len() as i32;
+        if ours != theirs {
+            let edge = theirs.0 == max_length - 1 && theirs.0 > theirs.1 && ours.1 == theirs.1;
+            if edge {
+                report
+                    .hf_edge_cases
+                    .push((f.example_id.clone(), f.window_index, theirs, ours));
+            } else {
+                report.mismatch(format!("{at}: labels {ours:?}, reference {theirs:?}"));
             }
         }
     }
-    Ok(report)
+    if let (Some((s, e)), Some(ours)) = (&oracle.offsets, &f.offsets) {
+        let same = ours
+            .iter()
+            .zip(s[i].iter().zip(&e[i]))
+            .all(|(o, (&s, &e))| *o == (s, e));
+        if !same {
+            report.mismatch(format!("{at}: offsets differ"));
+        }
+    }
 }
 
 /// The first `n` features of an oracle file as our (unpadded) features: ids and token types

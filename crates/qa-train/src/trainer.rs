@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use qa_eval::evaluate::{evaluate_model, write_outputs, EvalSet};
+use qa_eval::postprocess::PostprocessConfig;
 use qa_model::checkpoint::save_with;
 use qa_model::{BertForQuestionAnswering, Checkpoint, DropoutRng, Mode, RunPlan};
-use squad_core::postprocess::PostprocessConfig;
 use squad_core::{Feature, PipelineConfig};
 
 use crate::metrics_log::MetricsLog;

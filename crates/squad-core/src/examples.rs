@@ -38,10 +38,9 @@ pub mod col {
     pub const PARAGRAPH_INDEX: &str = "paragraph_index";
 }
 
-/// Footer metadata keys of an examples file.
+/// Footer metadata keys of an examples file, and its `parquet_io::KIND` value.
 pub mod meta {
-    /// Always `examples`: lets readers reject a features file given in its place.
-    pub const KIND: &str = "squad_qa.kind";
+    /// The value of `parquet_io::KIND` in an examples file.
     pub const KIND_VALUE: &str = "examples";
     pub const SOURCE_FILE: &str = "source_file";
     /// sha256 of the decompressed SQuAD JSON (comparable with the published checksums).
@@ -148,7 +147,7 @@ pub fn from_frame(path: &Path, df: &DataFrame) -> Result<Vec<Example>> {
 pub fn write(path: &Path, examples: &[Example], metadata: &Metadata) -> Result<()> {
     let mut df = to_frame(examples)?;
     let mut metadata = metadata.clone();
-    metadata.insert(meta::KIND.into(), meta::KIND_VALUE.into());
+    metadata.insert(parquet_io::KIND.into(), meta::KIND_VALUE.into());
     parquet_io::write_parquet(path, &mut df, &metadata)
 }
 
@@ -200,7 +199,7 @@ mod tests {
         let (back, md2) = read(&path).unwrap();
         assert_eq!(back, sample());
         assert_eq!(md2[meta::SOURCE_SHA256], "abc");
-        assert_eq!(md2[meta::KIND], "examples");
+        assert_eq!(md2[parquet_io::KIND], "examples");
     }
 
     #[test]
@@ -209,7 +208,7 @@ mod tests {
         let path = dir.path().join("f.parquet");
         let mut df = to_frame(&sample()).unwrap();
         let mut md = Metadata::new();
-        md.insert(meta::KIND.into(), "features".into());
+        md.insert(parquet_io::KIND.into(), "features".into());
         parquet_io::write_parquet(&path, &mut df, &md).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(
@@ -224,7 +223,7 @@ mod tests {
         let path = dir.path().join("g.parquet");
         let mut df = to_frame(&sample()).unwrap().drop(col::QUESTION).unwrap();
         let mut md = Metadata::new();
-        md.insert(meta::KIND.into(), meta::KIND_VALUE.into());
+        md.insert(parquet_io::KIND.into(), meta::KIND_VALUE.into());
         parquet_io::write_parquet(&path, &mut df, &md).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(

@@ -52,6 +52,7 @@ pub mod col {
 }
 
 pub mod meta {
+    /// The value of `parquet_io::KIND` in a features file.
     pub const KIND_VALUE: &str = "features";
     /// `train` (labels) or `eval` (offsets).
     pub const SPLIT: &str = "split";
@@ -120,58 +121,68 @@ pub fn to_frame(features: &[Feature], split: FeatureSplit) -> Result<DataFrame> 
             features.iter().map(|f| f.token_type_ids.as_slice()),
         ),
     ];
-    let missing = |what: &str| Error::Parquet {
-        path: "<features>".into(),
-        message: format!("a {} feature without {what}", split.as_str()),
-    };
-    match split {
-        FeatureSplit::Train => {
-            let labels: Vec<(i32, i32)> = features
-                .iter()
-                .map(|f| f.labels.ok_or_else(|| missing("labels")))
-                .collect::<Result<_>>()?;
-            columns.push(
-                Series::new(
-                    col::START_POSITION.into(),
-                    labels.iter().map(|l| l.0).collect::<Vec<_>>(),
-                )
-                .into(),
-            );
-            columns.push(
-                Series::new(
-                    col::END_POSITION.into(),
-                    labels.iter().map(|l| l.1).collect::<Vec<_>>(),
-                )
-                .into(),
-            );
-        }
-        FeatureSplit::Eval => {
-            let offsets: Vec<&Vec<(i32, i32)>> = features
-                .iter()
-                .map(|f| f.offsets.as_ref().ok_or_else(|| missing("offsets")))
-                .collect::<Result<_>>()?;
-            let starts: Vec<Vec<i32>> = offsets
-                .iter()
-                .map(|o| o.iter().map(|x| x.0).collect())
-                .collect();
-            let ends: Vec<Vec<i32>> = offsets
-                .iter()
-                .map(|o| o.iter().map(|x| x.1).collect())
-                .collect();
-            columns.push(i32_list_column(
-                col::OFFSET_START,
-                starts.iter().map(Vec::as_slice),
-            ));
-            columns.push(i32_list_column(
-                col::OFFSET_END,
-                ends.iter().map(Vec::as_slice),
-            ));
-        }
-    }
+    columns.extend(match split {
+        FeatureSplit::Train => label_columns(features)?,
+        FeatureSplit::Eval => offset_columns(features)?,
+    });
     DataFrame::new(features.len(), columns).map_err(|e| Error::Parquet {
         path: "<features>".into(),
         message: e.to_string(),
     })
+}
+
+fn missing(split: FeatureSplit, what: &str) -> Error {
+    Error::Parquet {
+        path: "<features>".into(),
+        message: format!("a {} feature without {what}", split.as_str()),
+    }
+}
+
+/// Train split: `start_position`, `end_position`.
+fn label_columns(features: &[Feature]) -> Result<[Column; 2]> {
+    let labels: Vec<(i32, i32)> = features
+        .iter()
+        .map(|f| {
+            f.labels
+                .ok_or_else(|| missing(FeatureSplit::Train, "labels"))
+        })
+        .collect::<Result<_>>()?;
+    Ok([
+        Series::new(
+            col::START_POSITION.into(),
+            labels.iter().map(|l| l.0).collect::<Vec<_>>(),
+        )
+        .into(),
+        Series::new(
+            col::END_POSITION.into(),
+            labels.iter().map(|l| l.1).collect::<Vec<_>>(),
+        )
+        .into(),
+    ])
+}
+
+/// Eval split: `offset_start`, `offset_end`.
+fn offset_columns(features: &[Feature]) -> Result<[Column; 2]> {
+    let offsets: Vec<&Vec<(i32, i32)>> = features
+        .iter()
+        .map(|f| {
+            f.offsets
+                .as_ref()
+                .ok_or_else(|| missing(FeatureSplit::Eval, "offsets"))
+        })
+        .collect::<Result<_>>()?;
+    let starts: Vec<Vec<i32>> = offsets
+        .iter()
+        .map(|o| o.iter().map(|x| x.0).collect())
+        .collect();
+    let ends: Vec<Vec<i32>> = offsets
+        .iter()
+        .map(|o| o.iter().map(|x| x.1).collect())
+        .collect();
+    Ok([
+        i32_list_column(col::OFFSET_START, starts.iter().map(Vec::as_slice)),
+        i32_list_column(col::OFFSET_END, ends.iter().map(Vec::as_slice)),
+    ])
 }
 
 pub fn from_frame(path: &Path, df: &DataFrame, split: FeatureSplit) -> Result<Vec<Feature>> {
@@ -238,7 +249,7 @@ pub fn write(
 ) -> Result<()> {
     let mut df = to_frame(features, split)?;
     let mut metadata = metadata.clone();
-    metadata.insert(crate::examples::meta::KIND.into(), meta::KIND_VALUE.into());
+    metadata.insert(parquet_io::KIND.into(), meta::KIND_VALUE.into());
     metadata.insert(meta::SPLIT.into(), split.as_str().into());
     parquet_io::write_parquet(path, &mut df, &metadata)
 }

@@ -13,6 +13,10 @@ use crate::fsutil::write_atomic;
 /// Key/value metadata stored in the Parquet footer.
 pub type Metadata = BTreeMap<String, String>;
 
+/// Footer key naming what a file holds (`examples`, `features`): lets readers reject a file
+/// of another kind given in its place.
+pub const KIND: &str = "squad_qa.kind";
+
 /// Writes `df` to `path` (zstd) with `metadata` in the footer; temp file + rename.
 pub fn write_parquet(path: &Path, df: &mut DataFrame, metadata: &Metadata) -> Result<()> {
     let kv: Vec<(String, String)> = metadata
@@ -60,10 +64,7 @@ fn footer_metadata(path: &Path, reader: &mut ParquetReader<File>) -> Result<Meta
 
 /// Fails unless the file's `squad_qa.kind` metadata is `kind` (made by `producer`).
 pub fn expect_kind(path: &Path, metadata: &Metadata, kind: &str, producer: &str) -> Result<()> {
-    match metadata
-        .get(crate::examples::meta::KIND)
-        .map(String::as_str)
-    {
+    match metadata.get(KIND).map(String::as_str) {
         Some(k) if k == kind => Ok(()),
         Some(other) => Err(Error::schema(
             path,

@@ -80,8 +80,35 @@ pub fn read_squad(path: &Path, options: &IngestOptions) -> Result<Ingested, Inge
         })?;
     drop(bytes);
     let squad_version = file.squad_version();
-    let selection = &options.selection;
+    let (examples, mut invalid) = select_examples(file, &options.selection);
+    if !options.lenient && !invalid.is_empty() {
+        let others = invalid.len() - 1;
+        return Err(IngestError::Invalid {
+            path: path.to_path_buf(),
+            first: Box::new(invalid.swap_remove(0)),
+            others,
+        });
+    }
+    if examples.is_empty() {
+        return Err(IngestError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(Ingested {
+        examples,
+        squad_version,
+        source_file: source_name(path),
+        source_sha256,
+        dropped: invalid,
+    })
+}
 
+/// The questions `selection` keeps, in file order, split into valid examples and invalid
+/// questions (a malformed answer, or an id seen before).
+fn select_examples(
+    file: squad_json::SquadFile,
+    selection: &Selection,
+) -> (Vec<Example>, Vec<Invalid>) {
     let mut examples = Vec::new();
     let mut invalid = Vec::new();
     let mut seen_ids = HashSet::new();
@@ -127,26 +154,7 @@ pub fn read_squad(path: &Path, options: &IngestOptions) -> Result<Ingested, Inge
             }
         }
     }
-    if !options.lenient && !invalid.is_empty() {
-        let others = invalid.len() - 1;
-        return Err(IngestError::Invalid {
-            path: path.to_path_buf(),
-            first: Box::new(invalid.swap_remove(0)),
-            others,
-        });
-    }
-    if examples.is_empty() {
-        return Err(IngestError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(Ingested {
-        examples,
-        squad_version,
-        source_file: source_name(path),
-        source_sha256,
-        dropped: invalid,
-    })
+    (examples, invalid)
 }
 
 fn source_name(path: &Path) -> String {
