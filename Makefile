@@ -26,11 +26,33 @@ TARGET   := $(or $(CARGO_TARGET_DIR),target)
 BIN      := $(TARGET)/release
 MODEL_DIR := data/models/all-MiniLM-L6-v2
 
-# Data files named by the pipeline YAML (`train_file:` / `dev_file:` lines of its data section).
-yaml_value = $(filter-out null ~,$(shell sed -n 's/^[[:space:]]*$(1):[[:space:]]*\([^#]*\).*/\1/p' $(CONFIG) 2>/dev/null | tr -d "\"'"))
-TRAIN_JSON := $(or $(call yaml_value,train_file),data/squad/train-v1.1.json.gz)
-DEV_JSON   := $(or $(call yaml_value,dev_file),data/squad/dev-v1.1.json.gz)
-TOKENIZER  := $(or $(call yaml_value,tokenizer),$(call yaml_value,name_or_path),$(MODEL_DIR))
+# What the Makefile needs from the pipeline YAML comes from Rust (crates/pipeline-stamp, on
+# squad-core's parsed config), not from reading the text: runs/<name>/.stamps/config.mk holds
+# the data files, base model, tokenizer and device, and SECTION.sha256 one stamp per config
+# section. make remakes config.mk before anything else, on every run that reads the YAML
+# (FORCE), by running the stamp tool (built first if needed); the tool rewrites each file only
+# when its content changes, so a stamp's mtime moves only when its section's parsed content
+# does (comments, blank lines, quoting, key order do not count), and make restarts to read
+# new values only when config.mk changed. Each stage depends on the stamps of the sections it
+# reads: editing `eval:` re-evaluates without retraining, editing `train:` retrains without
+# redoing ingest or features. Goals that read no YAML build nothing and write no stamps; a
+# missing YAML stays the prerequisite, so make stops with "No rule to make target
+# pipelines/<name>.yaml".
+NO_RUN_GOALS := help model test bench clean-run build-cuda
+STAMPS := $(RUN)/.stamps
+STAMP_TOOL := $(TARGET)/release/pipeline-stamp
+PIPELINE_STAMP ?= $(STAMP_TOOL)
+ifeq ($(wildcard $(CONFIG)),)
+stamp = $(CONFIG)
+else
+stamp = $(STAMPS)/$(1).sha256
+ifneq ($(filter-out $(NO_RUN_GOALS),$(or $(MAKECMDGOALS),help)),)
+include $(STAMPS)/config.mk
+endif
+endif
+TRAIN_JSON := $(PIPELINE_TRAIN_FILE)
+DEV_JSON   := $(PIPELINE_DEV_FILE)
+TOKENIZER  := $(PIPELINE_TOKENIZER)
 # The offline default model is fetched by `make model`; other paths must exist already.
 # A hub id (bert-base-uncased) is no file: the stages fetch it.
 TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.safetensors,$(wildcard $(TOKENIZER)))
@@ -38,7 +60,7 @@ TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.saf
 # Where qa-train and qa-eval run: DEVICE=cuda (or cuda:N) on the command line, else the YAML's
 # top-level `device:`, else cpu. A GPU needs the CUDA build, in its own target directory; the
 # device does not change what a stage computes, so switching it reruns nothing.
-DEVICE ?= $(or $(call yaml_value,device),cpu)
+DEVICE ?= $(or $(PIPELINE_DEVICE),cpu)
 ifneq ($(filter cuda%,$(DEVICE)),)
 BIN   := $(TARGET)/cuda/release
 BUILD := CUDA_TARGET_DIR=$(TARGET)/cuda scripts/build_cuda.sh
@@ -46,23 +68,8 @@ else
 BUILD := $(CARGO) build --release --locked --bins
 endif
 
-# Each stage depends on the config sections it reads, not the whole YAML: one stamp per
-# section (scripts/config_stamp.sh, run as make reads this file) changes only when that
-# section's text does, so editing `eval:` re-evaluates without retraining and editing
-# `train:` retrains without redoing ingest or features. A missing YAML stays the prerequisite,
-# so make stops with "No rule to make target pipelines/<name>.yaml".
-NO_RUN_GOALS := help model data test bench clean-run build-cuda
-ifeq ($(wildcard $(CONFIG)),)
-stamp = $(CONFIG)
-else
-stamp = $(RUN)/.stamps/$(1).sha256
-ifneq ($(filter-out $(NO_RUN_GOALS),$(or $(MAKECMDGOALS),help)),)
-_stamps := $(shell scripts/config_stamp.sh $(CONFIG) $(RUN)/.stamps data model features train eval)
-endif
-endif
-
 .DEFAULT_GOAL := help
-.PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run build-cuda
+.PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run build-cuda FORCE
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -84,6 +91,16 @@ $(BIN)/$(1): $(CORE_SOURCES) $(foreach c,$(1) $(LIBS_$(1)),$(call crate_sources,
 	$(BUILD)
 endef
 $(foreach s,$(STAGES),$(eval $(call binary_rule,$(s))))
+
+# The stamp tool always comes from the CPU build (it runs before make knows the device): a
+# `--bin` build of the whole workspace's feature set, so the `--bins` build reuses it.
+$(STAMP_TOOL): $(CORE_SOURCES) $(call crate_sources,pipeline-stamp)
+	$(CARGO) build --release --locked --bin pipeline-stamp
+
+$(STAMPS)/config.mk: FORCE | $(PIPELINE_STAMP)
+	@$(PIPELINE_STAMP) --config $(CONFIG) --stamps $(STAMPS)
+
+FORCE:
 
 build-cuda:
 	CUDA_TARGET_DIR=$(TARGET)/cuda scripts/build_cuda.sh
@@ -134,7 +151,7 @@ infer: $(BIN)/qa-infer model
 	$(BIN)/qa-infer --model $(INFER_MODEL) --question "$(Q)" --context "$(C)" --top-k 3
 
 # The base model qa-train starts from: fetched by `make model` when it is the offline default.
-BASE_MODEL := $(or $(call yaml_value,name_or_path),$(MODEL_DIR))
+BASE_MODEL := $(PIPELINE_BASE_MODEL)
 BASE_MODEL_DEP := $(if $(filter $(MODEL_DIR),$(BASE_MODEL)),$(MODEL_DIR)/model.safetensors,)
 
 train: $(RUN)/model/model.safetensors

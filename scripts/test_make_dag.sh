@@ -4,8 +4,22 @@
 # editing one config section reruns only the stages that read it, a comment-only edit or a
 # reverted edit is handled, and touching the train examples reruns features and training
 # but not ingest.
+#
+# Needs the real config-stamp tool (pipeline-stamp), which it does not build: PIPELINE_STAMP
+# if set, else the debug build that `cargo test --workspace` makes (so `make test` has it),
+# else the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
+if [ -z "${PIPELINE_STAMP:-}" ]; then
+  for PIPELINE_STAMP in "$target/debug/pipeline-stamp" "$target/release/pipeline-stamp"; do
+    [ -x "$PIPELINE_STAMP" ] && break
+  done
+fi
+if [ ! -x "$PIPELINE_STAMP" ]; then
+  echo "test_make_dag: no pipeline-stamp binary in $target/{debug,release}: run 'cargo test --workspace' (or set PIPELINE_STAMP)" >&2
+  exit 1
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -31,7 +45,8 @@ YAML
 }
 # The stages make would run for the final evaluation, sorted, on one line.
 plan() {
-  make --no-print-directory -n CONFIG="$tmp/p.yaml" RUN="$tmp/run" BIN="$tmp/bin" "$tmp/run/eval/metrics.json" \
+  make --no-print-directory -n CONFIG="$tmp/p.yaml" RUN="$tmp/run" BIN="$tmp/bin" PIPELINE_STAMP="$PIPELINE_STAMP" \
+    "$tmp/run/eval/metrics.json" \
     | { grep -o 'timings.tsv [a-z-]*' || true; } | cut -d' ' -f2 | sort | tr '\n' ' ' | sed 's/ $//'
 }
 # As if the whole pipeline had just run: inputs, then each stage's outputs, in order.

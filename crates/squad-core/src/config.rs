@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The config's sections (its mapping-valued top-level keys): the Makefile stamps each one
+/// (`config_stamp`), so a stage reruns only when a section it reads changes.
+pub const SECTIONS: [&str; 5] = ["data", "model", "features", "train", "eval"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PipelineConfig {
@@ -367,6 +371,22 @@ mod tests {
             err.contains("typo.yaml") && err.contains("learnig_rate") && err.contains("line 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sections_are_the_mapping_valued_keys() {
+        let value = serde_yaml::to_value(PipelineConfig::default()).unwrap();
+        let mut mappings: Vec<&str> = value
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.is_mapping())
+            .map(|(k, _)| k.as_str().unwrap())
+            .collect();
+        mappings.sort_unstable();
+        let mut sections = SECTIONS.to_vec();
+        sections.sort_unstable();
+        assert_eq!(mappings, sections);
     }
 
     #[test]

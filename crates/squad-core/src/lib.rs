@@ -2,6 +2,7 @@
 //! (one definition per file, used by writer and reader alike) and atomic file IO.
 
 pub mod config;
+pub mod config_stamp;
 pub mod error;
 pub mod examples;
 pub mod exit;
