@@ -152,27 +152,31 @@ impl View {
 /// The views must cover `m x k` and `k x n` readable elements, `dst` `m x n` writable ones
 /// that no other thread touches meanwhile.
 unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs.ptr,
-        lhs.cs,
-        lhs.rs,
-        rhs.ptr,
-        rhs.cs,
-        rhs.rs,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
+    // SAFETY: the caller guarantees the extents (this function's contract); beta = 1 and
+    // `read_dst` false overwrite `dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
 /// Bit i of `bits` set where multiplier i is not 0.
