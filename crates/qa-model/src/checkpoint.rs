@@ -98,23 +98,37 @@ pub fn save(
 }
 
 /// `save`, with `extra` writing more files (trainer state, ...) into the staging directory
-/// before it is renamed into place.
-pub fn save_with(
+/// before it is renamed into place. `extra` fails with the caller's error type.
+pub fn save_with<E: From<ModelError>>(
     out: &Path,
     config: &BertConfig,
     params: &Params,
     tokenizer_src: Option<&Path>,
-    extra: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
+    extra: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| ModelError::io(&parent, "create", e))?;
+    let staging = stage(&parent, config, params, tokenizer_src)?;
+    extra(staging.path())?;
+    write_checksums(staging.path())?;
+    replace_with(out, &parent, staging)?;
+    Ok(())
+}
+
+/// A temp dir in `parent` holding `config.json`, the weights and the tokenizer files.
+fn stage(
+    parent: &Path,
+    config: &BertConfig,
+    params: &Params,
+    tokenizer_src: Option<&Path>,
+) -> Result<tempfile::TempDir> {
+    std::fs::create_dir_all(parent).map_err(|e| ModelError::io(parent, "create", e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-ckpt-")
-        .tempdir_in(&parent)
-        .map_err(|e| ModelError::io(&parent, "create a directory in", e))?;
+        .tempdir_in(parent)
+        .map_err(|e| ModelError::io(parent, "create a directory in", e))?;
     let config_path = tmp.path().join("config.json");
     std::fs::write(&config_path, config.to_qa_json())
         .map_err(|e| ModelError::io(&config_path, "write", e))?;
@@ -128,9 +142,12 @@ pub fn save_with(
             }
         }
     }
-    extra(tmp.path())?;
-    write_checksums(tmp.path())?;
-    let staged = tmp.keep();
+    Ok(tmp)
+}
+
+/// Renames the complete `staging` dir to `out` (in `parent`), replacing what was there.
+fn replace_with(out: &Path, parent: &Path, staging: tempfile::TempDir) -> Result<()> {
+    let staged = staging.keep();
     #[cfg(unix)]
     {
         // Temp dirs and safetensors files are created private; outputs get the usual modes.
@@ -179,55 +196,111 @@ fn write_checksums(dir: &Path) -> Result<()> {
     std::fs::write(&path, text).map_err(|e| ModelError::io(&path, "write", e))
 }
 
+/// What `verify` found damaged in a checkpoint directory. The texts name the file (and the
+/// tensor) first, as the warning of a resumed run quotes them.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{sums}: {0}", sums = CHECKSUMS_FILE)]
+    UnreadableChecksums(std::io::Error),
+    #[error("{sums}: bad line {0:?}", sums = CHECKSUMS_FILE)]
+    BadChecksumLine(String),
+    /// A file the checksums list cannot be read (missing, unreadable).
+    #[error(transparent)]
+    UnreadableFile(squad_core::Error),
+    #[error("{file}: sha256 differs from the one recorded at save time")]
+    ChecksumMismatch { file: String },
+    /// `config.json` is missing or does not parse.
+    #[error(transparent)]
+    Config(ModelError),
+    #[error(transparent)]
+    Weights(#[from] SafetensorsError),
+    #[error("model.safetensors: {tensor} has shape {found:?}, config.json implies {expected:?}")]
+    ShapeMismatch {
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("model.safetensors: no tensor {tensor}")]
+    MissingTensor { tensor: String },
+}
+
+/// A safetensors file that cannot be read or whose header (or its sizes, checked against
+/// the file's length) does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    #[error("{file}: {source}")]
+    Unreadable {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {source}")]
+    BadHeader {
+        file: String,
+        source: safetensors::SafeTensorError,
+    },
+}
+
 /// Why a saved checkpoint directory cannot be used, if it cannot: a file that differs from the
 /// checksum recorded at save time (when there is one), an unreadable `config.json`, or a
 /// `model.safetensors` whose header does not parse or whose tensors do not have the shapes
-/// `config.json` implies. Reads headers, not tensors.
-pub fn verify(dir: &Path) -> std::result::Result<(), String> {
-    let sums = dir.join(CHECKSUMS_FILE);
-    if sums.exists() {
-        let text = std::fs::read_to_string(&sums).map_err(|e| format!("{CHECKSUMS_FILE}: {e}"))?;
-        for line in text.lines() {
-            let (want, name) = line
-                .split_once("  ")
-                .ok_or_else(|| format!("{CHECKSUMS_FILE}: bad line {line:?}"))?;
-            let got =
-                squad_core::fsutil::sha256_file(&dir.join(name)).map_err(|e| e.to_string())?;
-            if got != want {
-                return Err(format!(
-                    "{name}: sha256 differs from the one recorded at save time"
-                ));
-            }
-        }
-    }
-    let config = BertConfig::from_file(&dir.join("config.json")).map_err(|e| e.to_string())?;
-    let weights = dir.join("model.safetensors");
-    let found = safetensors_shapes(&weights)?;
-    for (name, shape) in crate::schema::checkpoint_shapes(&config) {
-        match found.get(&name) {
-            Some(s) if *s == shape => {}
+/// `config.json` implies. Reads every listed file whole for its checksum, and the weights
+/// whole again for safetensors' checks (which compare the header with the file's length).
+pub fn verify(dir: &Path) -> std::result::Result<(), VerifyError> {
+    verify_checksums(dir)?;
+    let config = BertConfig::from_file(&dir.join("config.json")).map_err(VerifyError::Config)?;
+    let found = safetensors_shapes(&dir.join("model.safetensors"))?;
+    for (tensor, expected) in crate::schema::checkpoint_shapes(&config) {
+        match found.get(&tensor) {
+            Some(s) if *s == expected => {}
             Some(s) => {
-                return Err(format!(
-                    "model.safetensors: {name} has shape {s:?}, config.json implies {shape:?}"
-                ))
+                return Err(VerifyError::ShapeMismatch {
+                    found: s.clone(),
+                    tensor,
+                    expected,
+                })
             }
-            None => return Err(format!("model.safetensors: no tensor {name}")),
+            None => return Err(VerifyError::MissingTensor { tensor }),
         }
     }
     Ok(())
 }
 
-/// Tensor names and shapes from a safetensors file's header.
+/// Compares the files of `dir` with the sums in its `checksums.sha256`, if it has one.
+fn verify_checksums(dir: &Path) -> std::result::Result<(), VerifyError> {
+    let sums = dir.join(CHECKSUMS_FILE);
+    if !sums.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&sums).map_err(VerifyError::UnreadableChecksums)?;
+    for line in text.lines() {
+        let (want, name) = line
+            .split_once("  ")
+            .ok_or_else(|| VerifyError::BadChecksumLine(line.into()))?;
+        let got = squad_core::fsutil::sha256_file(&dir.join(name))
+            .map_err(VerifyError::UnreadableFile)?;
+        if got != want {
+            return Err(VerifyError::ChecksumMismatch { file: name.into() });
+        }
+    }
+    Ok(())
+}
+
+/// Tensor names and shapes from a safetensors file's header (the file is read whole).
 pub fn safetensors_shapes(
     path: &Path,
-) -> std::result::Result<std::collections::HashMap<String, Vec<usize>>, String> {
-    let name = path
+) -> std::result::Result<std::collections::HashMap<String, Vec<usize>>, SafetensorsError> {
+    let file = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    let tensors =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| format!("{name}: {e}"))?;
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(source) => return Err(SafetensorsError::Unreadable { file, source }),
+    };
+    let tensors = match safetensors::SafeTensors::deserialize(&bytes) {
+        Ok(tensors) => tensors,
+        Err(source) => return Err(SafetensorsError::BadHeader { file, source }),
+    };
     Ok(tensors
         .tensors()
         .into_iter()

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use qa_model::checkpoint::save;
+use qa_model::checkpoint::{save, SafetensorsError, VerifyError};
 use qa_model::{make_batch, BertConfig, Checkpoint, Params, RunPlan};
 use squad_core::Feature;
 
@@ -227,13 +227,22 @@ fn verify_finds_damaged_checkpoints() {
     std::fs::write(&weights, &bytes[..bytes.len() - 1]).unwrap();
     let err = qa_model::checkpoint::verify(&dir).unwrap_err();
     assert!(
-        err.contains("model.safetensors") && err.contains("sha256"),
-        "{err}"
+        matches!(&err, VerifyError::ChecksumMismatch { file } if file == "model.safetensors"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("model.safetensors") && text.contains("sha256"),
+        "{text}"
     );
     // Without recorded sums (older checkpoints) the header and shapes are still checked.
     std::fs::remove_file(dir.join(qa_model::checkpoint::CHECKSUMS_FILE)).unwrap();
     let err = qa_model::checkpoint::verify(&dir).unwrap_err();
-    assert!(err.contains("model.safetensors"), "{err}");
+    assert!(
+        matches!(&err, VerifyError::Weights(SafetensorsError::BadHeader { file, .. }) if file == "model.safetensors"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
     std::fs::write(&weights, &bytes).unwrap();
     qa_model::checkpoint::verify(&dir).unwrap();
 }

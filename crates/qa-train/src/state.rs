@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use qa_model::checkpoint::{SafetensorsError, VerifyError};
 use qa_model::schema::{fuse_qkv, split_qkv};
 use serde::{Deserialize, Serialize};
 
@@ -145,15 +146,30 @@ pub fn list_checkpoints(dir: &Path) -> Vec<(usize, PathBuf)> {
     found
 }
 
+/// What `verify_checkpoint` found damaged in a step checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointDamage {
+    /// The model's files (checksums, `config.json`, weights).
+    #[error(transparent)]
+    Model(#[from] VerifyError),
+    #[error(transparent)]
+    UnreadableTrainerState(TrainError),
+    #[error(transparent)]
+    BadOptimizerHeader(SafetensorsError),
+    #[error(transparent)]
+    UnreadableTrainingConfig(squad_core::Error),
+}
+
 /// Why a step checkpoint cannot be resumed from, if it cannot: the model checks of
 /// `qa_model::checkpoint::verify` (recorded checksums, headers, shapes), then the trainer
 /// state, the optimizer's header and the training config.
-pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
+pub fn verify_checkpoint(dir: &Path) -> Result<(), CheckpointDamage> {
     qa_model::checkpoint::verify(dir)?;
-    TrainerState::read(dir).map_err(|e| e.to_string())?;
-    qa_model::checkpoint::safetensors_shapes(&dir.join(OPTIMIZER_FILE))?;
+    TrainerState::read(dir).map_err(CheckpointDamage::UnreadableTrainerState)?;
+    qa_model::checkpoint::safetensors_shapes(&dir.join(OPTIMIZER_FILE))
+        .map_err(CheckpointDamage::BadOptimizerHeader)?;
     squad_core::PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))
-        .map_err(|e| e.to_string())?;
+        .map_err(CheckpointDamage::UnreadableTrainingConfig)?;
     Ok(())
 }
 
@@ -162,7 +178,7 @@ pub fn verify_checkpoint(dir: &Path) -> Result<(), String> {
 /// inspection, out of the way of the run that redoes its steps). All damaged is an error.
 pub fn newest_intact_checkpoint(dir: &Path) -> Result<Option<(usize, PathBuf)>, TrainError> {
     let mut all = list_checkpoints(dir);
-    let mut damaged: Vec<(PathBuf, String, PathBuf)> = vec![];
+    let mut damaged: Vec<(PathBuf, CheckpointDamage, PathBuf)> = vec![];
     while let Some((step, path)) = all.pop() {
         match verify_checkpoint(&path) {
             Ok(()) => {

@@ -18,12 +18,12 @@ use qa_model::checkpoint::save_with;
 use qa_model::{BertForQuestionAnswering, Checkpoint, DropoutRng, Mode, RunPlan};
 use squad_core::{Feature, PipelineConfig};
 
-use crate::metrics_log::MetricsLog;
+use crate::metrics_log::{DoneRecord, EvalRecord, MetricsLog, StepRecord};
 use crate::optim::{AdamW, AdamWConfig, LinearSchedule, Scalar};
 use crate::state::{self, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
 use crate::step::Learner;
 use crate::{
-    order, peak_rss_mib, record, resume_compatible, steps_per_epoch, TrainError, TrainOptions,
+    order, peak_rss_mib, resume_compatible, steps_per_epoch, TrainError, TrainOptions,
     TrainSummary,
 };
 
@@ -311,14 +311,14 @@ impl<'a> Trainer<'a> {
             let total = self.shape.total_steps;
             if tc.logging_steps > 0 && (p.step % tc.logging_steps == 0 || p.step == total) {
                 let window_loss = s.window_loss_sum / s.window_steps.max(1) as f64;
-                let record = record! {
-                    "step" => p.step,
-                    "epoch" => p.epoch_position,
-                    "loss" => window_loss,
-                    "grad_norm" => grad_norm,
-                    "learning_rate" => p.lr,
-                    "features_per_second" => speed,
-                    "train_seconds" => s.train_seconds,
+                let record = StepRecord {
+                    step: p.step,
+                    epoch: p.epoch_position,
+                    loss: window_loss,
+                    grad_norm,
+                    learning_rate: p.lr,
+                    features_per_second: speed,
+                    train_seconds: s.train_seconds,
                 };
                 s.window_loss_sum = 0.0;
                 s.window_steps = 0;
@@ -391,11 +391,11 @@ impl<'a> Trainer<'a> {
         let metrics = serde_json::Value::Object(report.metrics.clone());
         self.progress
             .say(&format!("epoch {} eval: {metrics}", epoch + 1));
-        self.log.append(record! {
-            "step" => self.state.global_step,
-            "epoch" => (epoch + 1) as f64,
-            "eval" => report.metrics,
-            "eval_features_per_second" => report.features_per_second,
+        self.log.append(EvalRecord {
+            step: self.state.global_step,
+            epoch: (epoch + 1) as f64,
+            eval: report.metrics,
+            eval_features_per_second: report.features_per_second,
         })?;
         self.last_eval = Some(evaluation.metrics);
         Ok(())
@@ -429,17 +429,14 @@ impl<'a> Trainer<'a> {
             &self.learner.params,
             Some(&self.tokenizer_src),
             |tmp| {
-                let to_model_error = |e: TrainError| qa_model::ModelError::Checkpoint {
-                    path: tmp.into(),
-                    message: e.to_string(),
-                };
-                state.write(tmp).map_err(to_model_error)?;
-                extra(tmp).map_err(to_model_error)?;
-                std::fs::write(tmp.join(CONFIG_FILE), &yaml)
-                    .map_err(|e| qa_model::ModelError::io(tmp.join(CONFIG_FILE), "write", e))
+                state.write(tmp)?;
+                extra(tmp)?;
+                let path = tmp.join(CONFIG_FILE);
+                std::fs::write(&path, &yaml)
+                    .map_err(|e| qa_model::ModelError::io(&path, "write", e))?;
+                Ok(())
             },
-        )?;
-        Ok(())
+        )
     }
 
     fn last_good(&self) -> String {
@@ -465,12 +462,12 @@ impl<'a> Trainer<'a> {
             eval: self.last_eval.take(),
             peak_rss_mib: peak_rss_mib(),
         };
-        self.log.append(record! {
-            "step" => s.global_step,
-            "done" => true,
-            "train_loss" => summary.train_loss,
-            "train_seconds" => summary.train_seconds,
-            "train_features_per_second" => summary.train_features_per_second,
+        self.log.append(DoneRecord {
+            step: s.global_step,
+            done: true,
+            train_loss: summary.train_loss,
+            train_seconds: summary.train_seconds,
+            train_features_per_second: summary.train_features_per_second,
         })?;
         self.save_model(&summary.model, |_| Ok(()), &self.state)?;
         let output = &self.opts.output;
