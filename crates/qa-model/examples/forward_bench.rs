@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use qa_model::{Batch, Checkpoint};
+use qa_model::{Batch, Checkpoint, RunPlan};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     qa_model::memory::keep_freed_memory(); // as qa-eval does

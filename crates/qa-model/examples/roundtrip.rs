@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use qa_model::checkpoint::save;
-use qa_model::{make_batch, Checkpoint};
+use qa_model::{make_batch, Checkpoint, RunPlan};
 use squad_core::parquet_io::{read_parquet, Columns};
 use squad_core::Feature;
 
