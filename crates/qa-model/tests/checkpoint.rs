@@ -195,9 +195,9 @@ fn half_precision_checkpoints_load_as_f32() {
             .collect();
         candle_core::safetensors::save(&half, dir.join("model.safetensors")).unwrap();
         let ck = Checkpoint::load(dir.to_str().unwrap(), 0, &RunPlan::cpu_inference()).unwrap();
-        for (name, var) in &ck.params.vars {
+        for (name, var) in ck.params.checkpoint_tensors().unwrap() {
             assert_eq!(var.dtype(), candle_core::DType::F32, "{name}");
-            let want: Vec<f32> = half[name]
+            let want: Vec<f32> = half[&name]
                 .to_dtype(candle_core::DType::F32)
                 .unwrap()
                 .flatten_all()
