@@ -261,20 +261,34 @@ mod tests {
         let config = BertConfig::tiny(30);
         let params = Params::random(&config, 1, &Device::Cpu).unwrap();
         let plan = RunPlan::cpu_train();
-        let adam = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let adam = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        };
         let mut opt = AdamW::new(adam, &params, &plan);
         let grads = params
             .vars
             .iter()
-            .map(|(n, v)| (n.clone(), (0..v.elem_count()).map(|i| (i % 7) as f32 - 3.0).collect()))
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    (0..v.elem_count()).map(|i| (i % 7) as f32 - 3.0).collect(),
+                )
+            })
             .collect();
         opt.step(&params, &Grads::Host(grads), 1e-3).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write_optimizer(&opt, dir.path()).unwrap();
-        let saved = candle_core::safetensors::load(dir.path().join(OPTIMIZER_FILE), &Device::Cpu).unwrap();
+        let saved =
+            candle_core::safetensors::load(dir.path().join(OPTIMIZER_FILE), &Device::Cpu).unwrap();
         assert!(saved.contains_key("exp_avg.bert.encoder.layer.0.attention.self.key.weight"));
         assert!(saved.contains_key("exp_avg_sq.bert.encoder.layer.0.attention.self.value.bias"));
-        assert!(!saved.keys().any(|k| k.contains("qkv")), "no in-memory names on disk");
+        assert!(
+            !saved.keys().any(|k| k.contains("qkv")),
+            "no in-memory names on disk"
+        );
         let mut back = AdamW::new(adam, &params, &plan);
         read_optimizer(&mut back, 1, dir.path(), &Device::Cpu).unwrap();
         assert_eq!(back.steps, 1);

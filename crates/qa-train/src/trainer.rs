@@ -23,8 +23,7 @@ use crate::optim::{AdamW, AdamWConfig, LinearSchedule, Scalar};
 use crate::state::{self, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
 use crate::step::Learner;
 use crate::{
-    order, peak_rss_mib, resume_compatible, steps_per_epoch, TrainError, TrainOptions,
-    TrainSummary,
+    order, peak_rss_mib, resume_compatible, steps_per_epoch, TrainError, TrainOptions, TrainSummary,
 };
 
 /// What training reads besides the model: the features, their order, the eval set.
@@ -243,7 +242,9 @@ impl<'a> Trainer<'a> {
                     .collect();
                 let started = Instant::now();
                 let lr = self.shape.schedule.lr(self.state.global_step);
-                let step = self.learner.step(self.state.global_step, &micro_batches, lr)?;
+                let step = self
+                    .learner
+                    .step(self.state.global_step, &micro_batches, lr)?;
                 let s = &mut self.state;
                 s.global_step += 1;
                 s.batches_done += group.len();
@@ -519,12 +520,18 @@ fn load_checkpoint(
 
 /// The features fit the model (max_length within its positions) and the eval set was made
 /// with its tokenizer.
-fn check_inputs_fit(opts: &TrainOptions, inputs: &Inputs, ck: &Checkpoint) -> Result<(), TrainError> {
+fn check_inputs_fit(
+    opts: &TrainOptions,
+    inputs: &Inputs,
+    ck: &Checkpoint,
+) -> Result<(), TrainError> {
     let max_position = ck.config.max_position_embeddings;
     if inputs.max_length.is_some_and(|l| l > max_position) {
         return Err(TrainError::Input {
             path: opts.features.clone(),
-            message: format!("max_length exceeds the model's max_position_embeddings ({max_position})"),
+            message: format!(
+                "max_length exceeds the model's max_position_embeddings ({max_position})"
+            ),
         });
     }
     if let (Some(set), false) = (&inputs.eval_set, opts.random_init) {
@@ -555,7 +562,10 @@ fn resumed_state(
     if state.features_sha256 != inputs.features_sha256 {
         return Err(TrainError::Resume {
             path: dir.to_path_buf(),
-            message: format!("was trained on other features than {}", opts.features.display()),
+            message: format!(
+                "was trained on other features than {}",
+                opts.features.display()
+            ),
         });
     }
     let device_name = qa_model::device::name(&plan.device);
