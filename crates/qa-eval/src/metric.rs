@@ -311,9 +311,9 @@ fn find_all_best_thresh(
 ) {
     let mut sorted: Vec<&(String, f64)> = na_probs.iter().collect();
     sorted.sort_by(|a, b| a.1.total_cmp(&b.1)); // stable, as Python's sorted
-    let columns: [(&str, fn(&QuestionScores) -> f64); 2] =
-        [("exact", |s| s.exact), ("f1", |s| s.f1)];
-    for (name, score) in columns {
+    let exact = |s: &QuestionScores| s.exact;
+    let f1 = |s: &QuestionScores| s.f1;
+    for (name, score) in [("exact", exact as fn(&_) -> f64), ("f1", f1)] {
         let scores: HashMap<&str, f64> = raw.iter().map(|s| (s.qid, score(s))).collect();
         let (best, thresh) =
             find_best_thresh(predictions, &scores, &sorted, qid_to_has_ans, num_no_ans);

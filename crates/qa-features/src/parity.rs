@@ -9,6 +9,12 @@ use squad_core::features::FeatureSplit;
 use squad_core::parquet_io::{read_parquet, Columns};
 use squad_core::Feature;
 
+/// A (start, end) token label.
+pub type StartEnd = (i32, i32);
+
+/// Two columns read side by side: (start, end).
+type Pair<T> = (Vec<T>, Vec<T>);
+
 #[derive(Debug, Default, Serialize)]
 pub struct ParityReport {
     pub features: usize,
@@ -17,7 +23,7 @@ pub struct ParityReport {
     pub mismatch_count: usize,
     /// Train features where HF's start label is max_length - 1 (> end) and ours is the
     /// real answer start: (example id, window, HF start/end, our start/end).
-    pub hf_edge_cases: Vec<(String, u32, (i32, i32), (i32, i32))>,
+    pub hf_edge_cases: Vec<(String, u32, StartEnd, StartEnd)>,
 }
 
 impl ParityReport {
@@ -41,9 +47,9 @@ struct OracleRows {
     types: Vec<Vec<i32>>,
     mask: Vec<Vec<i32>>,
     /// Train: `start_positions`, `end_positions`.
-    labels: Option<(Vec<i32>, Vec<i32>)>,
+    labels: Option<Pair<i32>>,
     /// Eval: `offset_start`, `offset_end`.
-    offsets: Option<(Vec<Vec<i32>>, Vec<Vec<i32>>)>,
+    offsets: Option<Pair<Vec<i32>>>,
 }
 
 /// Compares `ours` with the oracle file at `reference`.

@@ -10,7 +10,7 @@ use std::ops::Range;
 /// `stride < window` unless the whole context fits in one window.
 pub fn window_ranges(n_context: usize, window: usize, stride: usize) -> Vec<Range<usize>> {
     if n_context <= window {
-        return vec![0..n_context];
+        return std::iter::once(0..n_context).collect();
     }
     assert!(stride < window, "stride {stride} must be < window {window}");
     let step = window - stride;

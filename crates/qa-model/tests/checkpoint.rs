@@ -204,7 +204,7 @@ fn half_precision_checkpoints_load_as_f32() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let got: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(got, want, "{name} ({dtype:?})");
         }
         assert_eq!(logits(&ck).len(), 2);

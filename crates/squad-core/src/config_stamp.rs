@@ -186,8 +186,8 @@ fn strip_awk_comment(line: &str) -> &str {
     if line.starts_with('#') {
         return "";
     }
-    let hashes = line.match_indices('#').map(|(i, _)| i);
-    match hashes.filter(|&i| line[..i].ends_with(is_awk_space)).next() {
+    let mut hashes = line.match_indices('#').map(|(i, _)| i);
+    match hashes.find(|&i| line[..i].ends_with(is_awk_space)) {
         Some(i) => line[..i].trim_end_matches(is_awk_space),
         None => line,
     }

@@ -192,8 +192,8 @@ pub fn from_frame(path: &Path, df: &DataFrame, split: FeatureSplit) -> Result<Ve
     let window_index = c.u32s(col::WINDOW_INDEX)?;
     let input_ids = c.i32_lists(col::INPUT_IDS)?;
     let token_type_ids = c.i32_lists(col::TOKEN_TYPE_IDS)?;
-    let (mut labels, mut offsets): (Vec<Option<(i32, i32)>>, Vec<Option<Vec<(i32, i32)>>>) =
-        (vec![None; ids.len()], vec![None; ids.len()]);
+    let mut labels: Vec<Option<(i32, i32)>> = vec![None; ids.len()];
+    let mut offsets: Vec<Option<Vec<(i32, i32)>>> = vec![None; ids.len()];
     match split {
         FeatureSplit::Train => {
             let s = c.i32s(col::START_POSITION)?;
