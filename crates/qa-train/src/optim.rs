@@ -584,7 +584,7 @@ mod tests {
         let w: Vec<f32> = params.vars["x.weight"].as_tensor().to_vec1().unwrap();
         let b: Vec<f32> = params.vars["x.bias"].as_tensor().to_vec1().unwrap();
         let decay = 1.0 - 0.01 * 0.1;
-        let want = [1.0 * decay - 0.01, -1.0 * decay + 0.01, 0.5 * decay];
+        let want = [1.0 * decay - 0.01, -decay + 0.01, 0.5 * decay];
         for (a, b) in w.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{w:?}");
         }

@@ -55,7 +55,7 @@ pub fn replayed_batches(
     batch_size: usize,
     epoch: usize,
 ) -> Result<Vec<Vec<usize>>, String> {
-    if n == 0 || order.is_empty() || order.len() % n != 0 {
+    if n == 0 || order.is_empty() || !order.len().is_multiple_of(n) {
         return Err(format!(
             "has {} indices, not a whole number of epochs of {n} features",
             order.len()

@@ -132,7 +132,7 @@ mod tests {
             train_loss: 5.0,
             train_seconds: 2.0,
         });
-        assert!(!training_curve(&[done.clone()], &path).unwrap());
+        assert!(!training_curve(std::slice::from_ref(&done), &path).unwrap());
         assert!(!path.exists());
 
         let mut records = vec![step(1, 6.0), step(2, f64::NAN), step(3, 4.0), done];

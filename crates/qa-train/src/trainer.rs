@@ -260,8 +260,9 @@ impl<'a> Trainer<'a> {
                 });
                 let n = s.global_step;
                 let at_end = n == self.shape.total_steps;
-                let log_now = tc.logging_steps > 0 && (n % tc.logging_steps == 0 || at_end);
-                let save_now = tc.save_steps > 0 && n % tc.save_steps == 0 && !at_end;
+                let log_now =
+                    tc.logging_steps > 0 && (n.is_multiple_of(tc.logging_steps) || at_end);
+                let save_now = tc.save_steps > 0 && n.is_multiple_of(tc.save_steps) && !at_end;
                 // The host reads each step's numbers at once; a GPU run at logging steps only.
                 if self.plan.host || log_now || save_now {
                     self.flush()?;

@@ -110,6 +110,28 @@ fn steps_logged(run: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Waits (up to 2 minutes) for `path` to appear while `child` runs, then SIGKILLs it;
+/// returns its pid.
+fn kill_once_exists(child: &mut std::process::Child, path: &Path) -> u32 {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no {}",
+            path.display()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    pid
+}
+
 #[test]
 fn killed_run_resumes_to_the_same_model_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
@@ -128,21 +150,7 @@ fn killed_run_resumes_to_the_same_model_bit_for_bit() {
         .spawn()
         .unwrap();
     // Kill -9 once a few checkpoints exist, wherever the run is then.
-    let started = Instant::now();
-    while !killed.join("checkpoints/checkpoint-12").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint-12"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let pid = child.id();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let pid = kill_once_exists(&mut child, &killed.join("checkpoints/checkpoint-12"));
     assert!(!killed.join("model").exists(), "killed before the end");
     // The lock file stays, naming the dead process; the lock itself died with it.
     let holder = std::fs::read_to_string(killed.join(".lock")).unwrap();
@@ -151,7 +159,10 @@ fn killed_run_resumes_to_the_same_model_bit_for_bit() {
     let stdout = run_ok(train_cmd(&i, &killed, &["--epochs", "3", "--resume"]));
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let resumed_from = summary["resumed_from_step"].as_u64().unwrap();
-    assert!(resumed_from >= 12 && resumed_from % 3 == 0, "{summary}");
+    assert!(
+        resumed_from >= 12 && resumed_from.is_multiple_of(3),
+        "{summary}"
+    );
     let got = std::fs::read(killed.join("model/model.safetensors")).unwrap();
     assert!(
         got == expected,

@@ -59,7 +59,9 @@ fn two_adamw_steps_match_torch_and_move_every_tensor() {
 
     let before = snapshot(&learner);
     for (step, lr) in [(1usize, 2e-5), (2, 1e-5)] {
-        let outcome = learner.step(step - 1, &[batch.clone()], lr).unwrap();
+        let outcome = learner
+            .step(step - 1, std::slice::from_ref(&batch), lr)
+            .unwrap();
         let (loss, norm) = (
             outcome.loss.value().unwrap(),
             outcome.grad_norm.value().unwrap(),
@@ -152,7 +154,7 @@ fn accumulating_two_batches_of_8_steps_as_one_batch_of_16() {
     let all: Vec<&Feature> = feats.iter().collect();
     let (mut one, mut two) = (seeded_learner(1), seeded_learner(2));
     for (step, lr) in [(0, 2e-5), (1, 1e-5)] {
-        let a = one.step(step, &[all.clone()], lr).unwrap();
+        let a = one.step(step, std::slice::from_ref(&all), lr).unwrap();
         let b = two
             .step(step, &[all[..8].to_vec(), all[8..].to_vec()], lr)
             .unwrap();
