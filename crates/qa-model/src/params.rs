@@ -4,7 +4,7 @@
 //! `gamma`/`beta`, ignores `pooler.*`, `embeddings.position_ids` and pre-training heads
 //! (`cls.*`), and gives a base encoder a fresh, seeded QA head. Saving writes HF's names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -14,7 +14,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
-use crate::schema::{checkpoint_shapes, fuse_qkv, split_qkv};
+use crate::schema::{checkpoint_shapes, fuse_qkv, memory_name, split_qkv};
 
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -208,10 +208,14 @@ impl Params {
                 )));
             }
         }
+        // Untouched tensors are the variables' own storage: set only what the file changes.
+        let touched: HashSet<String> = tensors.keys().map(|n| memory_name(n)).collect();
         let mut merged = current;
         merged.extend(tensors.iter().map(|(n, t)| (n.clone(), t.clone())));
         for (name, t) in fuse_qkv(merged)? {
-            self.vars[&name].set(&t.to_dtype(DType::F32)?)?;
+            if touched.contains(&name) {
+                self.vars[&name].set(&t.to_dtype(DType::F32)?)?;
+            }
         }
         Ok(tensors.len())
     }

@@ -145,6 +145,11 @@ pub fn fuse_qkv(mut tensors: HashMap<String, Tensor>) -> Result<HashMap<String, 
     Ok(tensors)
 }
 
+/// The in-memory name a checkpoint tensor lands in: its fused tensor's, or its own.
+pub fn memory_name(checkpoint_name: &str) -> String {
+    fused_name(checkpoint_name).unwrap_or_else(|| checkpoint_name.to_string())
+}
+
 /// The in-memory name of a checkpoint tensor that is part of a fused one.
 fn fused_name(checkpoint_name: &str) -> Option<String> {
     QKV_PARTS.iter().find_map(|part| {

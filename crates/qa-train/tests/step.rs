@@ -187,7 +187,10 @@ fn accumulating_two_batches_of_8_steps_as_one_batch_of_16() {
         "accumulation: max |weight diff| {:e} ({})",
         worst.0, worst.1
     );
-    assert!(worst.0 < 1e-6, "{} differs by {}", worst.1, worst.0);
+    // Adam moves a weight by at most ~lr a step (3e-5 over both), and for a tiny gradient
+    // turns summation-order noise into a sizeable share of that; a wrong batch or a missed
+    // micro-batch moves most weights by a whole step. A fifth of the bound tells them apart.
+    assert!(worst.0 < 0.2 * 3e-5, "{} differs by {}", worst.1, worst.0);
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
