@@ -4,13 +4,14 @@
 //! (`scripts/gpu_bundle.sh`, `scripts/gpu_check.sh`): fixtures are found at run time.
 #![cfg(feature = "cuda")]
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use qa_model::testing::{fixture, seeded_checkpoint};
 use qa_model::{make_batch, Mode, RunOptions, RunPlan};
 use qa_train::step::Learner;
 use squad_core::Feature;
 
 mod common;
+use common::max_abs_diff;
 
 fn gpu() -> Option<Device> {
     match Device::new_cuda(0) {
@@ -27,19 +28,6 @@ fn gpu() -> Option<Device> {
 
 fn features(name: &str, n: usize) -> Vec<Feature> {
     qa_features::parity::read_reference(&fixture("qa-features", name), n).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_device(&Device::Cpu).unwrap();
-    let b = b.to_device(&Device::Cpu).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn learner(plan: &RunPlan) -> Learner {
@@ -60,7 +48,7 @@ fn eval_logits_on_the_gpu_match_the_cpu_within_1e_3() {
         let (gs, ge) = gpu_model
             .forward(&make_batch(chunk, None, &gpu).unwrap(), None)
             .unwrap();
-        let d = max_diff(&cs, &gs).max(max_diff(&ce, &ge));
+        let d = max_abs_diff(&cs, &gs).max(max_abs_diff(&ce, &ge));
         assert!(d < 1e-3, "logits differ by {d}");
     }
 }
@@ -92,7 +80,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             "{options:?}: grad norm {norm} vs {want_norm}"
         );
         for (name, var) in &cpu.params.vars {
-            let d = max_diff(var.as_tensor(), on_gpu.params.vars[name].as_tensor());
+            let d = max_abs_diff(var.as_tensor(), on_gpu.params.vars[name].as_tensor());
             assert!(
                 d < 1e-4,
                 "{options:?}: {name} differs by {d} after one step"

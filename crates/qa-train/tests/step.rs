@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor};
 use qa_model::schema::split_qkv;
 mod common;
+use common::max_abs_diff;
 
 use qa_model::testing::fixture;
 use qa_model::RunPlan;
@@ -191,17 +192,6 @@ fn accumulating_two_batches_of_8_steps_as_one_batch_of_16() {
     // turns summation-order noise into a sizeable share of that; a wrong batch or a missed
     // micro-batch moves most weights by a whole step. A fifth of the bound tells them apart.
     assert!(worst.0 < 0.2 * 3e-5, "{} differs by {}", worst.1, worst.0);
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// The JSON header of a safetensors file: (tensor names, `__metadata__`).

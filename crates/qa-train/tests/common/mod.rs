@@ -1,5 +1,6 @@
 //! What qa-train's test files share.
 
+use candle_core::{Device, Tensor};
 use qa_model::testing::seeded_checkpoint;
 use qa_model::RunPlan;
 use qa_train::optim::{AdamW, AdamWConfig};
@@ -26,4 +27,17 @@ pub fn seeded_learner(plan: &RunPlan, accumulation: usize) -> Learner {
         accumulation,
         max_grad_norm: 1.0,
     }
+}
+
+/// The largest |a - b| over all elements, on whichever devices the two live.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let on_cpu = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+    (on_cpu(a) - on_cpu(b))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
