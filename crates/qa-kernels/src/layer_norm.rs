@@ -301,10 +301,10 @@ mod gpu {
             Int(d32),
             Int(PARTS as i32),
         ];
+        let grid = ((col_blocks, PARTS as u32), THREADS);
         // SAFETY: layer_norm_grad_params(x, stats, g, dw, db, rows, d, parts) on a
         // (ceil(d / THREADS), PARTS) grid writes the PARTS x d partial sums each of dw and db,
         // the remaining 2 x PARTS x d elements of `out`.
-        let grid = ((col_blocks, PARTS as u32), THREADS);
         unsafe { launch(xs, MODULE, "layer_norm_grad_params", grid, &args)? };
         drop(stats);
         Ok((storage(out, xs), Shape::from((rows + 2 * PARTS, d))))

@@ -61,7 +61,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
     let feats = features("tiny.train.ref.parquet", 8);
     let batch: Vec<&Feature> = feats.iter().collect();
     let mut cpu = learner(&RunPlan::cpu_train());
-    let want = cpu.step(0, &[batch.clone()], 2e-5).unwrap();
+    let want = cpu.step(0, std::slice::from_ref(&batch), 2e-5).unwrap();
     let (want_loss, want_norm) = (want.loss.value().unwrap(), want.grad_norm.value().unwrap());
     for (fused_cuda_norm, fused_cuda_adamw) in [(false, true), (true, true), (false, false)] {
         let options = RunOptions {
@@ -69,7 +69,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
             fused_cuda_adamw,
         };
         let mut on_gpu = learner(&RunPlan::new(gpu.clone(), Mode::Train, options.clone()));
-        let got = on_gpu.step(0, &[batch.clone()], 2e-5).unwrap();
+        let got = on_gpu.step(0, std::slice::from_ref(&batch), 2e-5).unwrap();
         let (loss, norm) = (got.loss.value().unwrap(), got.grad_norm.value().unwrap());
         assert!(
             (loss - want_loss).abs() / want_loss < 1e-3,
@@ -99,7 +99,7 @@ fn dropout_masks_on_the_gpu_are_the_cpus() {
     let loss = |plan: &RunPlan| {
         let mut l = learner(plan);
         l.dropout = Some(qa_model::DropoutRng::new(43));
-        l.step(0, &[batch.clone()], 2e-5)
+        l.step(0, std::slice::from_ref(&batch), 2e-5)
             .unwrap()
             .loss
             .value()

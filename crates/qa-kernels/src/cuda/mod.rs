@@ -4,11 +4,11 @@
 //! holds its own source and launches.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::cuda_backend::cudarc;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchArgs, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{CudaStorage, DType, Layout, Result, Storage, Tensor};
@@ -40,12 +40,27 @@ impl Module {
     }
 
     /// Kernel `kernel` of this module on `device`, compiled and loaded at first use.
-    pub fn function(
-        &self,
-        device: &CudaDevice,
-        kernel: &str,
-    ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaFunction> {
-        device.get_or_load_custom_func(kernel, self.name, self.ptx()?)
+    pub fn function(&self, device: &CudaDevice, kernel: &str) -> Result<Kernel> {
+        let func = device
+            .get_or_load_custom_func(kernel, self.name, self.ptx()?)?
+            .into_cuda_function();
+        Ok(Kernel {
+            func,
+            stream: device.cuda_stream(),
+        })
+    }
+}
+
+/// A loaded kernel and the stream it launches on (candle's own pair is not nameable).
+pub struct Kernel {
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
+}
+
+impl Kernel {
+    /// A launch builder: push the kernel's arguments in order, then `launch`.
+    pub fn builder(&self) -> LaunchArgs<'_> {
+        self.stream.launch_builder(&self.func)
     }
 }
 
