@@ -9,9 +9,10 @@
 #   make features    runs/<name>/{train,dev}.features.parquet (tokenized windows + labels/offsets)
 #   make parity      full-set feature parity with the HF oracle (needs the reference venv)
 #   make train       fine-tune: runs/<name>/model (+ metrics.jsonl, training_curve.svg, eval/epoch-N)
-#                    RESUME=1 continues a killed run from its last checkpoint
+#                    RESUME=1 continues a killed run from its last checkpoint; NPROC=N trains
+#                    data-parallel on N MPI processes (mpirun; batch_size is per process)
 #   make eval        evaluate runs/<name>/model on the dev features: runs/<name>/eval/metrics.json
-#                    and the run report runs/<name>/report.md
+#                    and the run report runs/<name>/report.md (NPROC=N: on N MPI processes)
 #   make demo        the notebook's example question: base model vs fine-tuned
 #   make infer Q="question" C="context"   answer with runs/<name>/model, else the base model
 #   make build-cuda  the binaries with CUDA (scripts/build_cuda.sh); then DEVICE=cuda uses them
@@ -61,11 +62,20 @@ TOKENIZER_DEP := $(if $(filter $(MODEL_DIR),$(TOKENIZER)),$(MODEL_DIR)/model.saf
 # top-level `device:`, else cpu. A GPU needs the CUDA build, in its own target directory; the
 # device does not change what a stage computes, so switching it reruns nothing.
 DEVICE ?= $(or $(PIPELINE_DEVICE),cpu)
+# MPI (data-parallel qa-train/qa-eval under mpirun): built in when an MPI compiler wrapper is
+# found (MPI=1 or MPI= to choose). NPROC=N launches training and evaluation on N processes;
+# the process count sets the global batch (batch_size x N), so it counts as part of `train:`.
+MPI   ?= $(if $(shell command -v mpicc 2>/dev/null),1,)
+comma := ,
+MPI_FEATURES := $(if $(MPI),--features qa-train/mpi$(comma)qa-eval/mpi,)
+NPROC ?= 1
+MPIRUN ?= mpirun $(if $(filter 0,$(shell id -u)),--allow-run-as-root,) --bind-to none
+LAUNCH := $(if $(filter-out 1,$(NPROC)),$(MPIRUN) -np $(NPROC) ,)
 ifneq ($(filter cuda%,$(DEVICE)),)
 BIN   := $(TARGET)/cuda/release
 BUILD := CUDA_TARGET_DIR=$(TARGET)/cuda scripts/build_cuda.sh
 else
-BUILD := $(CARGO) build --release --locked --bins
+BUILD := $(CARGO) build --release --locked --bins $(MPI_FEATURES)
 endif
 
 .DEFAULT_GOAL := help
@@ -83,7 +93,8 @@ STAGES := squad-ingest qa-features qa-train qa-eval qa-infer
 # Library crates each stage links besides squad-core.
 LIBS_qa-infer := qa-model qa-features
 LIBS_qa-eval  := qa-model squad-ingest
-LIBS_qa-train := qa-model qa-eval squad-ingest
+LIBS_qa-train := qa-model qa-eval squad-ingest qa-dist qa-kernels
+LIBS_qa-eval  += qa-dist
 # One cargo call builds every binary: building them one package at a time unifies
 # dependency features differently each time and recompiles polars and candle over and over.
 define binary_rule
@@ -95,10 +106,14 @@ $(foreach s,$(STAGES),$(eval $(call binary_rule,$(s))))
 # The stamp tool always comes from the CPU build (it runs before make knows the device): a
 # `--bin` build of the whole workspace's feature set, so the `--bins` build reuses it.
 $(STAMP_TOOL): $(CORE_SOURCES) $(call crate_sources,pipeline-stamp)
-	$(CARGO) build --release --locked --bin pipeline-stamp
+	$(CARGO) build --release --locked --bin pipeline-stamp $(MPI_FEATURES)
 
 $(STAMPS)/config.mk: FORCE | $(PIPELINE_STAMP)
 	@$(PIPELINE_STAMP) --config $(CONFIG) --stamps $(STAMPS)
+
+# The process count, rewritten only when it changes (like the section stamps).
+$(STAMPS)/nproc: FORCE
+	@mkdir -p $(@D); echo $(NPROC) | cmp -s - $@ 2>/dev/null || echo $(NPROC) > $@
 
 FORCE:
 
@@ -161,8 +176,8 @@ train: $(RUN)/model/model.safetensors
 # The per-epoch evaluation inside training uses the eval section as it was then (saved in
 # the run's config.yaml); an `eval:` edit alone re-evaluates the final model, not retrains.
 $(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet \
-  $(call stamp,model) $(call stamp,train) $(BASE_MODEL_DEP) | $(BIN)/qa-train
-	scripts/timed.sh $(RUN)/timings.tsv train -- $(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) --device $(DEVICE) \
+  $(call stamp,model) $(call stamp,train) $(STAMPS)/nproc $(BASE_MODEL_DEP) | $(BIN)/qa-train
+	scripts/timed.sh $(RUN)/timings.tsv train -- $(LAUNCH)$(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) --device $(DEVICE) \
 	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
 	  $(if $(RESUME),--resume,--overwrite)
 
@@ -173,7 +188,7 @@ $(RUN)/report.md: $(RUN)/eval/metrics.json scripts/report.py
 	python3 scripts/report.py $(RUN) >/dev/null
 
 $(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(call stamp,eval) | $(BIN)/qa-eval
-	scripts/timed.sh $(RUN)/timings.tsv eval -- $(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
+	scripts/timed.sh $(RUN)/timings.tsv eval -- $(LAUNCH)$(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
 	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval --device $(DEVICE)
 
 # The notebook's "test inference before fine-tuning" step, and the same question after it.
@@ -193,13 +208,14 @@ demo: $(BIN)/qa-infer model
 # Formatting and lints first (cheap, and a failure says what to fix in one line each).
 test: model
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) test --workspace --locked
+	@test -n "$(MPI)" || echo "make test: no MPI found (mpicc): skipping the MPI tests (apt-get install openmpi-bin libopenmpi-dev libclang-dev)"
+	$(CARGO) clippy --workspace --all-targets --locked $(MPI_FEATURES) -- -D warnings
+	$(CARGO) test --workspace --locked $(MPI_FEATURES)
 	scripts/test_fetch.sh
 	scripts/test_make_dag.sh
 
 bench: $(foreach s,$(STAGES),$(BIN)/$(s)) model
-	scripts/bench.sh $(BIN)
+	MPI=$(MPI) scripts/bench.sh $(BIN)
 
 clean-run:
 	rm -rf $(RUN)

@@ -1,11 +1,17 @@
 //! Evaluating a checkpoint: batched eval-mode forward over the eval features (each batch
 //! padded to its longest), HF post-processing, SQuAD metrics on the evaluated examples, and
 //! the output files, each written atomically.
+//!
+//! Under MPI the batches are dealt out to the ranks and the logits summed into place on
+//! every rank (each feature's logits come from one rank, zeros from the others, so the sum
+//! is exact); rank 0 post-processes and writes. Each batch is the one a single process
+//! would run, so the logits, and EM/F1, are the one-process result.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
+use qa_dist::Collective;
 use qa_model::{make_batch, BertForQuestionAnswering, Checkpoint, RunPlan};
 use serde::Serialize;
 use squad_core::features::{self, FeatureSplit};
@@ -28,6 +34,29 @@ pub enum EvalError {
     Candle(#[from] candle_core::Error),
     #[error("{}: {message}", path.display())]
     Input { path: PathBuf, message: String },
+    /// A rank's error, found where every rank stops together (or another rank's: None).
+    #[error("{}", match .0 { Some(e) => e.to_string(), None => "stopped: another rank failed".into() })]
+    Ranks(Option<Box<EvalError>>),
+}
+
+impl EvalError {
+    /// Whether every rank is stopping with this error (see `qa_dist::Ending`).
+    pub fn ending(&self) -> qa_dist::Ending {
+        match self {
+            EvalError::Ranks(_) => qa_dist::Ending::Together,
+            _ => qa_dist::Ending::Alone,
+        }
+    }
+}
+
+/// `result` once every rank knows whether any failed (see `qa_dist::together`).
+pub fn together<T>(comm: &dyn Collective, result: Result<T, EvalError>) -> Result<T, EvalError> {
+    let solo = comm.world() == 1;
+    qa_dist::together(comm, result).map_err(|s| match s {
+        qa_dist::Stopped::Here(e) if solo => e,
+        qa_dist::Stopped::Here(e) => EvalError::Ranks(Some(Box::new(e))),
+        qa_dist::Stopped::Elsewhere => EvalError::Ranks(None),
+    })
 }
 
 pub struct EvalInputs<'a> {
@@ -51,11 +80,14 @@ pub struct EvalReport {
     pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Start and end logits of every feature (each as long as the feature: the file does not
+/// depend on how features were batched), this rank computing its share of the batches.
 pub fn run_forward(
     model: &BertForQuestionAnswering,
     feats: &[Feature],
     batch_size: usize,
     progress: bool,
+    comm: &dyn Collective,
 ) -> Result<Vec<Logits>, EvalError> {
     let bar = if progress {
         ProgressBar::new(feats.len() as u64)
@@ -80,7 +112,9 @@ pub fn run_forward(
     let mut read = |pending: &mut Pending| -> Result<(), EvalError> {
         for (s, e, indices) in pending.drain(..) {
             let (s, e): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (s.to_vec2()?, e.to_vec2()?);
-            for ((s, e), &i) in s.into_iter().zip(e).zip(indices) {
+            for ((mut s, mut e), &i) in s.into_iter().zip(e).zip(indices) {
+                s.truncate(feats[i].len());
+                e.truncate(feats[i].len());
                 rows[i] = Logits { start: s, end: e };
             }
             bar.inc(indices.len() as u64);
@@ -88,7 +122,8 @@ pub fn run_forward(
         Ok(())
     };
     let on_host = model.device().is_cpu();
-    for chunk in order.chunks(batch_size.max(1)) {
+    let (rank, world) = (comm.rank(), comm.world());
+    for chunk in order.chunks(batch_size.max(1)).skip(rank).step_by(world) {
         let refs: Vec<&Feature> = chunk.iter().map(|&i| &feats[i]).collect();
         let (s, e) = model.forward(&make_batch(&refs, None, model.device())?, None)?;
         pending.push((s, e, chunk));
@@ -98,7 +133,31 @@ pub fn run_forward(
     }
     read(&mut pending)?;
     bar.finish_and_clear();
+    if world > 1 {
+        sum_over_ranks(comm, &mut rows, feats);
+    }
     Ok(rows)
+}
+
+/// Every rank's logits on every rank: rows this rank did not compute are empty and filled
+/// with the sum over ranks (exact: one rank's values plus zeros).
+fn sum_over_ranks(comm: &dyn Collective, rows: &mut [Logits], feats: &[Feature]) {
+    let total: usize = feats.iter().map(|f| 2 * f.len()).sum();
+    let mut flat = Vec::with_capacity(total);
+    for (row, f) in rows.iter().zip(feats) {
+        match row.start.len() {
+            0 => flat.resize(flat.len() + 2 * f.len(), 0.0),
+            _ => flat.extend(row.start.iter().chain(&row.end)),
+        }
+    }
+    qa_dist::all_reduce_parts(comm, &mut [&mut flat]);
+    let mut at = 0;
+    for (row, f) in rows.iter_mut().zip(feats) {
+        let n = f.len();
+        row.start = flat[at..at + n].to_vec();
+        row.end = flat[at + n..at + 2 * n].to_vec();
+        at += 2 * n;
+    }
 }
 
 pub fn metrics(
@@ -249,9 +308,10 @@ pub fn evaluate_model(
     batch_size: usize,
     postprocess_config: &PostprocessConfig,
     progress: bool,
+    comm: &dyn Collective,
 ) -> Result<Evaluation, EvalError> {
     let started = std::time::Instant::now();
-    let logits = run_forward(model, &set.features, batch_size, progress)?;
+    let logits = run_forward(model, &set.features, batch_size, progress, comm)?;
     let seconds_forward = started.elapsed().as_secs_f64();
     let predictions = postprocess(&set.examples, &set.features, &logits, postprocess_config);
     let metrics = metrics(
@@ -313,24 +373,62 @@ pub fn write_outputs(
     Ok(report)
 }
 
-/// Loads the checkpoint and the eval set, evaluates, and writes the outputs into `output`.
-pub fn evaluate(inputs: &EvalInputs, output: &Path) -> Result<EvalReport, EvalError> {
-    let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
-    let ck = Checkpoint::load(inputs.model, 0, &RunPlan::inference(inputs.device.clone()))?;
-    set.check_tokenizer(&ck.dir)?;
-    let _lock = squad_core::lock::DirLock::acquire(
-        output,
-        "qa-eval",
-        "wait for it to end (or stop it), then rerun",
-    )?;
+/// Loads the checkpoint and the eval set, evaluates, and writes the outputs into `output`:
+/// in one process, or as one of `comm`'s ranks (rank 0 locks, writes and gets the report).
+pub fn evaluate(
+    inputs: &EvalInputs,
+    output: &Path,
+    comm: &dyn Collective,
+) -> Result<Option<EvalReport>, EvalError> {
+    let writer = comm.rank() == 0;
+    let loaded = (|| {
+        let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
+        let ck = Checkpoint::load(inputs.model, 0, &RunPlan::inference(inputs.device.clone()))?;
+        set.check_tokenizer(&ck.dir)?;
+        Ok((set, ck))
+    })();
+    let (set, ck) = together(comm, loaded)?;
+    together(comm, same_split(comm, inputs, &set))?;
+    let lock = writer.then(|| {
+        squad_core::lock::DirLock::acquire(
+            output,
+            "qa-eval",
+            "wait for it to end (or stop it), then rerun",
+        )
+    });
+    let _lock = together(comm, lock.transpose().map_err(EvalError::from))?;
     let evaluation = evaluate_model(
         &ck.model,
         &set,
         inputs.batch_size,
         &inputs.postprocess,
-        inputs.progress,
+        inputs.progress && writer,
+        comm,
     )?;
-    write_outputs(&evaluation, &set, output)
+    writer
+        .then(|| write_outputs(&evaluation, &set, output))
+        .transpose()
+}
+
+/// Every rank evaluates the same features (sha256 of the file) in the same batches.
+fn same_split(comm: &dyn Collective, inputs: &EvalInputs, set: &EvalSet) -> Result<(), EvalError> {
+    let mine = format!(
+        "{} features, batch size {}, sha256 {}",
+        set.features.len(),
+        inputs.batch_size,
+        sha256_file(inputs.features)?
+    );
+    match qa_dist::differs_from_rank0(comm, mine.as_bytes()) {
+        None => Ok(()),
+        Some(theirs) => Err(EvalError::Input {
+            path: inputs.features.to_path_buf(),
+            message: format!(
+                "rank {} reads {mine}; rank 0 reads {}",
+                comm.rank(),
+                String::from_utf8_lossy(&theirs)
+            ),
+        }),
+    }
 }
 
 /// Logit written where a feature has no token (dynamic padding computes none there): low

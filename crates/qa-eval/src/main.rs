@@ -2,7 +2,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use qa_eval::evaluate::{evaluate, EvalInputs};
+use qa_dist::Collective;
+use qa_eval::evaluate::{evaluate, EvalError, EvalInputs};
 use qa_eval::postprocess::PostprocessConfig;
 use qa_eval::{score, ScoreOptions, Version};
 use squad_core::exit::finish;
@@ -58,6 +59,9 @@ struct EvalArgs {
     /// Where the model runs: cpu, cuda or cuda:N [default: the config's device, cpu].
     #[arg(long)]
     device: Option<String>,
+    /// Compute threads (default: all cores; under MPI, the node's cores divided by its ranks).
+    #[arg(long)]
+    threads: Option<usize>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -115,7 +119,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     qa_model::memory::keep_freed_memory();
     let args = match cli.command {
-        None => return finish("qa-eval", run_eval(cli.eval).map(|()| ExitCode::SUCCESS)),
+        None => return eval_main(cli.eval),
         Some(Command::CompareLogits(c)) => return finish("qa-eval", compare(&c)),
         Some(Command::Score(args)) => args,
     };
@@ -159,7 +163,24 @@ fn compare(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+/// `qa-eval` (no subcommand): one process, or a rank of an mpirun job.
+fn eval_main(args: EvalArgs) -> ExitCode {
+    let comm = match qa_dist::start("qa-eval", args.threads) {
+        Ok(comm) => comm,
+        Err(e) => return finish("qa-eval", Err(e)),
+    };
+    let Err(e) = run_eval(args, &*comm) else {
+        return ExitCode::SUCCESS;
+    };
+    let (message, ending) = match e.downcast_ref::<EvalError>() {
+        Some(EvalError::Ranks(None)) => (None, qa_dist::Ending::Together),
+        Some(inner) => (Some(format!("{e:#}")), inner.ending()),
+        None => (Some(format!("{e:#}")), qa_dist::Ending::Alone),
+    };
+    qa_dist::fail(&*comm, "qa-eval", message.as_deref(), ending)
+}
+
+fn run_eval(args: EvalArgs, comm: &dyn Collective) -> anyhow::Result<()> {
     let mut config = PipelineConfig::load_or_default(args.config.as_deref())?;
     let examples = args.examples.expect("required");
     let is_v2 = squad_core::parquet_io::read_metadata(&examples)?
@@ -174,7 +195,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(d) = args.device {
         config.device = d;
     }
-    let device = qa_model::checkpoint::device(&config.device)?;
+    let device = qa_model::device::device_for_rank(&config.device, comm.local_rank())?;
     let output = args.output.expect("required");
     let model = args.model.expect("required");
     config.model.name_or_path = model.clone();
@@ -193,7 +214,9 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         shard: args.shard,
         device,
     };
-    let report = evaluate(&inputs, &output)?;
+    let Some(report) = evaluate(&inputs, &output, comm)? else {
+        return Ok(());
+    };
     config.save(&output.join("config.yaml"))?;
     eprintln!(
         "qa-eval: {} examples, {} features in {:.1}s ({:.1} features/s) -> {}",

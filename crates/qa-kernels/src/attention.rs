@@ -21,7 +21,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, DisjointWrites};
-use crate::dropout::PhiloxDropout;
+use crate::dropout::{MaskLayout, PhiloxDropout, Runs};
 
 /// Additive attention mask `[batch, 1, 1, len]` from a 0/1 mask `[batch, len]`: 0 where
 /// attended, f32::MIN on padding (HF's `finfo(float32).min`).
@@ -54,7 +54,7 @@ pub fn composed(
     let scores = (q.matmul(&k.t()?)? * (1.0 / (head_dim as f64).sqrt()))?;
     let probs = softmax(&scores.broadcast_add(mask)?)?;
     let probs = match dropout {
-        Some(d) => d.forward(&probs)?,
+        Some(d) => d.with_layout(MaskLayout::Probabilities).forward(&probs)?,
         None => probs,
     };
     probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, hidden))
@@ -85,6 +85,12 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// How the `[batch, heads, len, len]` probabilities draw their dropout mask.
+    fn probability_runs(&self) -> Result<Runs> {
+        let dims = [self.batch, self.heads, self.len, self.len];
+        Runs::of(&dims, MaskLayout::Probabilities)
+    }
+
     fn of(heads: usize, qkv: &Layout) -> Result<Self> {
         let (batch, len, width) = qkv.shape().dims3()?;
         if width % (3 * heads) != 0 {
@@ -234,7 +240,11 @@ impl AttentionCore {
                 let words = n.div_ceil(64);
                 unpack_bits(&bits[unit * words..][..words], d.scale(), &mut out[..n]);
             }
-            None => d.fill_multipliers((unit * n) as u64, &mut out[..n]),
+            None => {
+                // The length was checked when the op ran forward (cpu_fwd).
+                let runs = g.probability_runs().expect("at most MAX_POSITIONS tokens");
+                d.fill_tensor(&runs, (unit * n) as u64, &mut out[..n]);
+            }
         }
         true
     }
@@ -280,6 +290,9 @@ impl CustomOp1 for AttentionCore {
     fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let qkv = contiguous_f32(s, layout, self.name())?;
         let g = Geometry::of(self.heads, layout)?;
+        if self.dropout.is_some() {
+            g.probability_runs()?;
+        }
         let mut context = vec![0f32; g.batch * g.len * g.hidden];
         let out = DisjointWrites(context.as_mut_ptr());
         let words = match self.dropout {
@@ -426,6 +439,8 @@ mod tests {
                 seed: 3,
                 stream: 9,
                 p: 0.3,
+                first_row: 5,
+                layout: MaskLayout::Rows,
             }),
         ] {
             let op = AttentionCore::new(heads, host.clone().into(), dropout);

@@ -1,10 +1,14 @@
 //! Dropout from a counter-based generator: Philox4x32-10 keyed by the run's seed, with the
-//! counter made of the element's index and a per-call stream number (optimizer step and the
-//! call's position in the step). Every mask bit is a pure function of (seed, step, call,
-//! element), so masks are drawn in parallel, do not depend on the thread count, are the same
-//! on the CPU and on a GPU, and a run resumes from (seed, step) alone. This op's backward
-//! redraws its mask from the counters (nothing is stored); the fused attention, whose masks
-//! are large and redrawn often, keeps its forward mask as bits instead (`attention`).
+//! counter made of the element's place and a per-call stream number (optimizer step and the
+//! call's position in the step: the dropout site). An element's place is its row's position
+//! in the global batch and its position in that row as the model sees it (token, feature;
+//! head, query, key), never its index in a padded local tensor, so every mask bit is a pure
+//! function of (seed, step, site, global row, head, token positions): masks are drawn in
+//! parallel, do not depend on the thread count, the padded length, how a global batch is
+//! split across processes, or the device, and a run resumes from (seed, step) alone. This
+//! op's backward redraws its mask from the counters (nothing is stored); the fused
+//! attention, whose masks are large and redrawn often, keeps its forward mask as bits
+//! instead (`attention`).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -27,16 +31,95 @@ pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     c
 }
 
-/// `y = x * mask / (1 - p)` with the mask of one (seed, stream): element `i` is kept when the
-/// uniform from word `i % 4` of Philox(counter = (i / 4, stream), key = seed) is >= p.
+/// `y = x * mask / (1 - p)` with the mask of one (seed, stream): the element with counter
+/// `c` (see `MaskLayout`) is kept when the uniform from word `c % 4` of Philox(counter =
+/// (c / 4, stream), key = seed) is >= p.
 #[derive(Debug, Clone, Copy)]
 pub struct PhiloxDropout {
     pub seed: u64,
     pub stream: u64,
     pub p: f32,
+    /// The global-batch position of the tensor's batch row 0.
+    pub first_row: u64,
+    pub layout: MaskLayout,
+}
+
+/// How a tensor's elements map to Philox counters: `row << ROW_SHIFT` plus the element's
+/// place within its row, where `row` is the global-batch position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskLayout {
+    /// `[batch, tokens, features]` (any trailing dims): the place is the flat index within
+    /// the row, `token * features + feature`, which does not depend on the padded length.
+    Rows,
+    /// `[batch, heads, len, len]` attention probabilities: the place is
+    /// `(head * MAX_POSITIONS + query) * MAX_POSITIONS + key`.
+    Probabilities,
+}
+
+/// Bits of the counter below the row: a row's places are `< 2^ROW_SHIFT`.
+pub const ROW_SHIFT: u32 = 40;
+/// Token positions a probability mask can address (BERT models have 512).
+pub const MAX_POSITIONS: u64 = 4096;
+
+/// A tensor's elements as runs of consecutive counters: run `r` holds elements
+/// `r * len..(r + 1) * len`, and starts at counter `start(r)`. One formula for both layouts
+/// (the CUDA kernel computes the same from these four numbers).
+#[derive(Debug, Clone, Copy)]
+pub struct Runs {
+    /// Elements per run.
+    pub len: u64,
+    /// Runs per batch row.
+    pub per_row: u64,
+    /// Runs per head block within a row (query positions; 1 for `Rows`).
+    pub per_head: u64,
+    /// Counter stride of one query position and of one head's `per_head` block (0 for `Rows`).
+    pub positions: u64,
+}
+
+impl Runs {
+    /// The runs of a contiguous tensor of `dims` masked with `layout`.
+    pub fn of(dims: &[usize], layout: MaskLayout) -> Result<Self> {
+        let inner: usize = dims.iter().skip(1).product();
+        match layout {
+            MaskLayout::Rows => Ok(Runs {
+                len: inner as u64,
+                per_row: 1,
+                per_head: 1,
+                positions: 0,
+            }),
+            MaskLayout::Probabilities => {
+                let &[_, heads, len, keys] = dims else {
+                    candle_core::bail!(
+                        "philox-dropout: probabilities must be [batch, heads, len, len]"
+                    );
+                };
+                if len as u64 > MAX_POSITIONS || keys as u64 > MAX_POSITIONS {
+                    candle_core::bail!("philox-dropout: more than {MAX_POSITIONS} positions");
+                }
+                Ok(Runs {
+                    len: keys as u64,
+                    per_row: (heads * len) as u64,
+                    per_head: len as u64,
+                    positions: MAX_POSITIONS,
+                })
+            }
+        }
+    }
+
+    /// The counter of run `r`'s first element, for a tensor whose row 0 is global row `first_row`.
+    pub fn start(&self, first_row: u64, r: u64) -> u64 {
+        let (row, j) = (r / self.per_row, r % self.per_row);
+        let (head, query) = (j / self.per_head, j % self.per_head);
+        ((first_row + row) << ROW_SHIFT) + (head * self.positions + query) * self.positions
+    }
 }
 
 impl PhiloxDropout {
+    /// The same mask drawn for a tensor of another layout.
+    pub fn with_layout(self, layout: MaskLayout) -> Self {
+        PhiloxDropout { layout, ..self }
+    }
+
     fn key(&self) -> [u32; 2] {
         [self.seed as u32, (self.seed >> 32) as u32]
     }
@@ -46,21 +129,34 @@ impl PhiloxDropout {
         (1.0 / (1.0 - f64::from(self.p))) as f32
     }
 
-    /// Applies the mask to a contiguous slice of elements (element 0 = index 0).
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
+    /// The multipliers of elements `first..first + out.len()` of a contiguous tensor whose
+    /// elements form `runs`.
+    pub fn fill_tensor(&self, runs: &Runs, first: u64, out: &mut [f32]) {
+        let mut at = 0usize;
+        while at < out.len() {
+            let i = first + at as u64;
+            let (r, offset) = (i / runs.len, i % runs.len);
+            let n = ((runs.len - offset) as usize).min(out.len() - at);
+            self.fill_multipliers(runs.start(self.first_row, r) + offset, &mut out[at..at + n]);
+            at += n;
+        }
+    }
+
+    /// Applies the mask to a contiguous tensor's elements, `x` (elements forming `runs`).
+    fn apply(&self, runs: &Runs, x: &[f32]) -> Vec<f32> {
         const CHUNK: usize = 4096;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .enumerate()
             .for_each(|(c, (out, inp))| {
-                self.fill_multipliers((c * CHUNK) as u64, out);
+                self.fill_tensor(runs, (c * CHUNK) as u64, out);
                 out.iter_mut().zip(inp).for_each(|(o, &v)| *o *= v);
             });
         y
     }
 
-    /// The mask of elements `first..first + out.len()` as multipliers: `1 / (1 - p)` where
+    /// The mask of counters `first..first + out.len()` as multipliers: `1 / (1 - p)` where
     /// kept, 0 where dropped (so `x * multiplier` is the dropped-out `x`, bit for bit).
     pub fn fill_multipliers(&self, first: u64, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
@@ -164,8 +260,9 @@ impl CustomOp1 for PhiloxDropout {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("philox-dropout: contiguous input only");
         };
+        let runs = Runs::of(layout.dims(), self.layout)?;
         Ok((
-            CpuStorage::F32(self.apply(&data[start..end])),
+            CpuStorage::F32(self.apply(&runs, &data[start..end])),
             layout.shape().clone(),
         ))
     }
@@ -198,7 +295,7 @@ mod gpu {
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::{CudaStorage, Layout, Result, Shape};
 
-    use super::PhiloxDropout;
+    use super::{PhiloxDropout, Runs};
     use crate::cuda::{launch_error, output, storage, Module};
 
     const MODULE: Module = Module {
@@ -220,11 +317,17 @@ mod gpu {
         let (y, _) = output(s, n as usize)?;
         let mut y = y;
         let f = MODULE.function(&s.device, "philox_dropout")?;
+        let runs = Runs::of(layout.dims(), op.layout)?;
         let (key, stream) = (op.key(), [op.stream as u32, (op.stream >> 32) as u32]);
         let (p, scale) = (op.p, op.scale());
-        let blocks = (n.div_ceil(4).div_ceil(u64::from(THREADS))).clamp(1, 4096) as u32;
+        let blocks = (n.div_ceil(u64::from(THREADS))).clamp(1, 65_535) as u32;
         let mut b = f.builder();
         b.arg(&x).arg(&mut y).arg(&n);
+        b.arg(&runs.len)
+            .arg(&runs.per_row)
+            .arg(&runs.per_head)
+            .arg(&runs.positions);
+        b.arg(&op.first_row);
         b.arg(&key[0]).arg(&key[1]).arg(&stream[0]).arg(&stream[1]);
         b.arg(&p).arg(&scale);
         let cfg = LaunchConfig {
@@ -232,8 +335,9 @@ mod gpu {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: philox_dropout(x, y, n, key0, key1, s0, s1, p, scale) takes exactly these
-        // arguments; its grid-stride loop reads n elements of x and writes all n of y.
+        // SAFETY: philox_dropout(x, y, n, run_len, per_row, per_head, positions, first_row,
+        // key0, key1, s0, s1, p, scale) takes exactly these arguments; its grid-stride loop
+        // reads n elements of x and writes all n of y.
         unsafe { b.launch(cfg) }.map_err(launch_error)?;
         Ok((storage(y, s), layout.shape().clone()))
     }
@@ -270,6 +374,8 @@ mod tests {
             seed: 0x1234_5678_9abc,
             stream: (5 << 20) | 3,
             p: 0.25,
+            first_row: 0,
+            layout: MaskLayout::Rows,
         };
         let words = philox4x32_lanes::<16>(u64::from(u32::MAX) - 3, [3, 5], [1, 2]);
         for lane in 0..16u64 {
@@ -305,6 +411,8 @@ mod tests {
             seed: 7,
             stream: 3,
             p: 0.1,
+            first_row: 0,
+            layout: MaskLayout::Rows,
         };
         let y: Vec<f32> = op
             .forward(&x)
@@ -338,6 +446,42 @@ mod tests {
         assert_ne!(y, z, "another stream, another mask");
     }
 
+    /// A row's mask depends on its global position and its tokens' positions only: not on
+    /// the padded length, the local batch or where the row sits in it.
+    #[test]
+    fn masks_follow_global_rows_not_padding_or_local_batches() {
+        let mask = |dims: &[usize], first_row: u64, layout: MaskLayout| -> Vec<f32> {
+            let op = PhiloxDropout {
+                seed: 9,
+                stream: 4,
+                p: 0.5,
+                first_row,
+                layout,
+            };
+            let x = Tensor::ones(dims, candle_core::DType::F32, &Device::Cpu).unwrap();
+            op.forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        // Hidden states [batch, len, 8]: row 1 of a batch padded to 12 = row 0 of a batch of
+        // one padded to 7, for its first 7 tokens.
+        let whole = mask(&[2, 12, 8], 3, MaskLayout::Rows);
+        let alone = mask(&[1, 7, 8], 4, MaskLayout::Rows);
+        assert_eq!(&whole[12 * 8..][..7 * 8], &alone[..]);
+        assert_ne!(&whole[..7 * 8], &alone[..], "another row, another mask");
+        // Probabilities [batch, heads, len, len]: the same (head, query, key) of the same row.
+        let whole = mask(&[2, 3, 12, 12], 3, MaskLayout::Probabilities);
+        let alone = mask(&[1, 3, 7, 7], 4, MaskLayout::Probabilities);
+        for (head, query) in [(0, 0), (1, 3), (2, 6)] {
+            let w = &whole[((3 + head) * 12 + query) * 12..][..7];
+            let a = &alone[(head * 7 + query) * 7..][..7];
+            assert_eq!(w, a, "head {head} query {query}");
+        }
+    }
+
     /// The gradient is the same mask applied to the upstream gradient, as for `x * mask`.
     #[test]
     fn backward_recomputes_the_forward_mask() {
@@ -348,6 +492,8 @@ mod tests {
             seed: 11,
             stream: 5,
             p: 0.3,
+            first_row: 0,
+            layout: MaskLayout::Rows,
         };
         let weights = Tensor::arange(0f32, 148., &dev)
             .unwrap()

@@ -11,6 +11,15 @@ pub const CUDA_BUILD_HINT: &str =
 
 /// Parses `cpu`, `cuda` or `cuda:N` and opens the device. Fails in one line when the name is
 /// unknown, the build has no CUDA support, or there is no such GPU.
+/// `device(name)` for the rank with node-local rank `local_rank`: a bare `cuda` is its own
+/// GPU, `cuda:LOCAL_RANK` (one GPU per rank, as `mpirun -np <GPUs per node>` expects).
+pub fn device_for_rank(name: &str, local_rank: usize) -> Result<Device> {
+    match name {
+        "cuda" => device(&format!("cuda:{local_rank}")),
+        other => device(other),
+    }
+}
+
 pub fn device(name: &str) -> Result<Device> {
     let bad = |message: String| ModelError::Device {
         name: name.into(),

@@ -67,6 +67,25 @@ fn normal_tensor(
 }
 
 impl Params {
+    /// sha256 (hex) of every parameter's name and f32 bytes in name order: equal exactly
+    /// when the parameters are.
+    pub fn sha256(&self) -> candle_core::Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (name, var) in &self.vars {
+            h.update(name.as_bytes());
+            let values: Vec<f32> = var
+                .as_tensor()
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?;
+            for v in values {
+                h.update(v.to_le_bytes());
+            }
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// The tensor of parameter `name`.
     pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
         let var = self

@@ -20,8 +20,10 @@ pub mod step;
 mod trainer;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use candle_core::{Device, Tensor};
+use qa_dist::{Collective, Comm, Solo, Stopped};
 use qa_eval::evaluate::{EvalError, EvalSet};
 use qa_model::{Mode, RunOptions, RunPlan};
 use squad_core::features::{self, FeatureSplit};
@@ -47,6 +49,15 @@ pub enum TrainError {
     Write { path: PathBuf, message: String },
     #[error("{}: cannot resume: {message}", path.display())]
     Resume { path: PathBuf, message: String },
+    /// This rank disagrees with rank 0 about what the job trains on.
+    #[error("{message}")]
+    Ranks { message: String },
+    /// This rank's error, found where every rank stops together.
+    #[error(transparent)]
+    Together(Box<TrainError>),
+    /// Another rank failed (its line says why).
+    #[error("stopped: another rank failed")]
+    Elsewhere,
     #[error(
         "{what} is {value} at step {step} (epoch {epoch}); stopped. Last good checkpoint: {last}"
     )]
@@ -112,10 +123,41 @@ pub(crate) fn steps_per_epoch(batches: usize, accumulation: usize) -> usize {
     batches.div_ceil(accumulation.max(1)).max(1)
 }
 
+impl TrainError {
+    /// Whether every rank is stopping with this error (so each can print and exit in turn)
+    /// or it is this rank's alone (then the job must be ended for the others).
+    pub fn ending(&self) -> qa_dist::Ending {
+        match self {
+            TrainError::Together(_) | TrainError::Elsewhere => qa_dist::Ending::Together,
+            _ => qa_dist::Ending::Alone,
+        }
+    }
+}
+
+/// `result` once every rank knows whether any failed (see `qa_dist::together`).
+pub(crate) fn together<T>(
+    comm: &dyn Collective,
+    result: Result<T, TrainError>,
+) -> Result<T, TrainError> {
+    let solo = comm.world() == 1;
+    qa_dist::together(comm, result).map_err(|s| match s {
+        Stopped::Here(e) if solo => e,
+        Stopped::Here(e) => TrainError::Together(Box::new(e)),
+        Stopped::Elsewhere => TrainError::Elsewhere,
+    })
+}
+
 /// The parts of two configs that change the arithmetic of a run must agree to resume it.
-pub(crate) fn resume_compatible(a: &PipelineConfig, b: &PipelineConfig) -> bool {
+/// `batch_size` may differ when the global batch (`batch_size x world`) does not.
+pub(crate) fn resume_compatible(
+    (a, a_world): (&PipelineConfig, usize),
+    (b, b_world): (&PipelineConfig, usize),
+) -> bool {
     let mut a = a.clone();
     let (t, bt) = (&mut a.train, &b.train);
+    if t.batch_size * a_world == bt.batch_size * b_world {
+        t.batch_size = bt.batch_size;
+    }
     t.save_steps = bt.save_steps;
     t.save_total_limit = bt.save_total_limit;
     t.logging_steps = bt.logging_steps;
@@ -155,25 +197,99 @@ fn prepare_output(opts: &TrainOptions) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Runs (or resumes) a training run; see the crate docs for what it writes.
+/// Runs (or resumes) a training run in one process; see the crate docs for what it writes.
 pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
-    let device = qa_model::checkpoint::device(&opts.config.device)?;
+    train_on(opts, Rc::new(Solo))
+}
+
+/// Runs (or resumes) a training run as one of `comm`'s ranks, each taking its share of every
+/// global batch. Only rank 0 holds the run-directory lock and writes; the others write
+/// nothing. Every rank stops together on bad inputs or a disagreement with rank 0.
+pub fn train_on(opts: &TrainOptions, comm: Comm) -> Result<TrainSummary, TrainError> {
+    let c = &*comm;
+    let device = qa_model::device::device_for_rank(&opts.config.device, c.local_rank())?;
     let plan = RunPlan::new(device, Mode::Train, opts.run.clone());
-    let inputs = load_inputs(opts)?;
-    let _lock = DirLock::acquire(
+    let inputs = together(c, load_inputs(opts))?;
+    together(c, agree_with_rank0(c, opts, &inputs))?;
+    let writer = c.rank() == 0;
+    let _lock = together(c, writer.then(|| lock_output(opts)).transpose())?;
+    let resume_from = match (opts.resume, writer) {
+        (true, true) => newest_intact_checkpoint(&opts.output.join("checkpoints")),
+        _ => Ok(None),
+    };
+    let resume_from = rank0_checkpoint(c, together(c, resume_from)?);
+    let mut trainer = together(
+        c,
+        Trainer::prepare(opts, &inputs, plan, resume_from, comm.clone()),
+    )?;
+    trainer.run(&inputs)?;
+    trainer.finish(&inputs)
+}
+
+/// Takes the run directory (one qa-train at a time) and readies it.
+fn lock_output(opts: &TrainOptions) -> Result<DirLock, TrainError> {
+    let lock = DirLock::acquire(
         &opts.output,
         "qa-train",
         "wait for it to end (or stop it), then rerun with --resume to continue its run",
     )?;
     prepare_output(opts)?;
-    let resume_from = if opts.resume {
-        newest_intact_checkpoint(&opts.output.join("checkpoints"))?
-    } else {
-        None
-    };
-    let mut trainer = Trainer::prepare(opts, &inputs, plan, resume_from)?;
-    trainer.run(&inputs)?;
-    trainer.finish(&inputs)
+    Ok(lock)
+}
+
+/// Rank 0's checkpoint to resume from, on every rank (all read it on a shared filesystem).
+fn rank0_checkpoint(
+    comm: &dyn Collective,
+    found: Option<(usize, PathBuf)>,
+) -> Option<(usize, PathBuf)> {
+    if comm.world() == 1 {
+        return found;
+    }
+    let mut bytes = found
+        .map(|(step, dir)| format!("{step}\n{}", dir.display()))
+        .unwrap_or_default()
+        .into_bytes();
+    comm.broadcast(&mut bytes);
+    let text = String::from_utf8(bytes).ok()?;
+    let (step, dir) = text.split_once('\n')?;
+    Some((step.parse().ok()?, PathBuf::from(dir)))
+}
+
+/// Every rank trains on the same features with the same resolved config as rank 0.
+fn agree_with_rank0(
+    comm: &dyn Collective,
+    opts: &TrainOptions,
+    inputs: &Inputs,
+) -> Result<(), TrainError> {
+    let rank = comm.rank();
+    let sha = inputs.features_sha256.as_bytes();
+    if let Some(theirs) = qa_dist::differs_from_rank0(comm, sha) {
+        return Err(TrainError::Ranks {
+            message: format!(
+                "{} differs from rank 0's features: sha256 {} here, {} on rank 0",
+                opts.features.display(),
+                inputs.features_sha256,
+                String::from_utf8_lossy(&theirs)
+            ),
+        });
+    }
+    let yaml = opts.config.to_yaml();
+    if let Some(theirs) = qa_dist::differs_from_rank0(comm, yaml.as_bytes()) {
+        let theirs = String::from_utf8_lossy(&theirs).into_owned();
+        let (mine, other) = yaml
+            .lines()
+            .zip(theirs.lines().chain(std::iter::repeat("")))
+            .find(|(a, b)| a != b)
+            .unwrap_or(("", ""));
+        return Err(TrainError::Ranks {
+            message: format!(
+                "rank {rank}'s resolved config differs from rank 0's: `{}` here, `{}` on rank 0",
+                mine.trim(),
+                other.trim()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Reads and checks the training features (and the eval set): labels present, not empty,

@@ -3,8 +3,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use qa_dist::Comm;
 use qa_model::RunOptions;
-use qa_train::{train, EvalData, TrainOptions};
+use qa_train::{train_on, EvalData, TrainError, TrainOptions};
 use squad_core::exit::finish;
 use squad_core::PipelineConfig;
 
@@ -46,7 +47,8 @@ struct Cli {
     /// Peak learning rate of the linear schedule [config train.learning_rate; default 2e-5].
     #[arg(long)]
     learning_rate: Option<f64>,
-    /// Features per micro-batch [config train.batch_size; default 8].
+    /// Features per micro-batch and process (the global batch is this x processes x
+    /// accumulation) [config train.batch_size; default 8].
     #[arg(long)]
     batch_size: Option<usize>,
     /// Passes over the training features [config train.epochs; default 1].
@@ -110,7 +112,8 @@ struct Cli {
     /// Where to train: cpu, cuda or cuda:N [default: the config's device, cpu].
     #[arg(long)]
     device: Option<String>,
-    /// Compute threads (default: all cores). A run is bitwise reproducible for a fixed count.
+    /// Compute threads (default: all cores; under MPI, the node's cores divided by its ranks).
+    /// A run is bitwise reproducible for a fixed count.
     #[arg(long)]
     threads: Option<usize>,
     /// No progress bar or progress lines.
@@ -121,14 +124,23 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     qa_model::memory::keep_freed_memory();
-    if let Some(n) = cli.threads {
-        // Read by candle's matmul and by rayon's global pool; must be set before either starts.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    finish("qa-train", run(cli).map(|()| ExitCode::SUCCESS))
+    // One process, or a rank of an mpirun/srun job (the world size comes from MPI).
+    let comm = match qa_dist::start("qa-train", cli.threads) {
+        Ok(comm) => comm,
+        Err(e) => return finish("qa-train", Err(e)),
+    };
+    let Err(e) = run(cli, comm.clone()) else {
+        return ExitCode::SUCCESS;
+    };
+    let (message, ending) = match e.downcast_ref::<TrainError>() {
+        Some(TrainError::Elsewhere) => (None, qa_dist::Ending::Together),
+        Some(inner) => (Some(format!("{e:#}")), inner.ending()),
+        None => (Some(format!("{e:#}")), qa_dist::Ending::Alone),
+    };
+    qa_dist::fail(&*comm, "qa-train", message.as_deref(), ending)
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, comm: Comm) -> anyhow::Result<()> {
     let mut config = PipelineConfig::load_or_default(cli.config.as_deref())?;
     if let Some(m) = cli.model {
         config.model.name_or_path = m;
@@ -181,14 +193,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fused_cuda_adamw: !cli.no_fused_adamw,
         },
     };
-    let summary = train(&opts).context("training failed")?;
-    eprintln!(
-        "qa-train: {} steps, train loss {:.4}, {:.2} features/s; model: {}",
-        summary.steps,
-        summary.train_loss,
-        summary.train_features_per_second,
-        summary.model.display()
-    );
-    println!("{}", serde_json::to_string(&summary)?);
+    let writer = comm.rank() == 0;
+    let summary = train_on(&opts, comm).context("training failed")?;
+    if writer {
+        squad_core::exit::say(&format!(
+            "qa-train: {} steps, train loss {:.4}, {:.2} features/s; model: {}",
+            summary.steps,
+            summary.train_loss,
+            summary.train_features_per_second,
+            summary.model.display()
+        ));
+        println!("{}", serde_json::to_string(&summary)?);
+    }
     Ok(())
 }

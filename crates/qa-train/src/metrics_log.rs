@@ -94,7 +94,8 @@ impl From<DoneRecord> for MetricsRecord {
 
 pub struct MetricsLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// None: records kept in memory only (a rank other than 0 writes nothing).
+    file: Option<std::fs::File>,
     pub records: Vec<MetricsRecord>,
 }
 
@@ -109,9 +110,18 @@ impl MetricsLog {
         let file = std::fs::File::create(path).map_err(|e| io(path, e))?;
         Ok(MetricsLog {
             path: path.into(),
-            file,
+            file: Some(file),
             records: vec![],
         })
+    }
+
+    /// A log that writes no file.
+    pub fn in_memory() -> Self {
+        MetricsLog {
+            path: PathBuf::new(),
+            file: None,
+            records: vec![],
+        }
     }
 
     /// Reopens the log of a run resumed at `step`: keeps training records up to `step` and
@@ -135,17 +145,18 @@ impl MetricsLog {
             .map_err(|e| io(path, e))?;
         Ok(MetricsLog {
             path: path.into(),
-            file,
+            file: Some(file),
             records,
         })
     }
 
     pub fn append(&mut self, record: impl Into<MetricsRecord>) -> Result<(), squad_core::Error> {
         let record = record.into();
-        self.file
-            .write_all(record.line().as_bytes())
-            .and_then(|_| self.file.flush())
-            .map_err(|e| io(&self.path, e))?;
+        if let Some(file) = self.file.as_mut() {
+            file.write_all(record.line().as_bytes())
+                .and_then(|_| file.flush())
+                .map_err(|e| io(&self.path, e))?;
+        }
         self.records.push(record);
         Ok(())
     }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use qa_dist::{all_reduce_parts, Collective};
 use qa_model::{Params, RunPlan};
 use rayon::prelude::*;
 
@@ -113,6 +114,45 @@ impl Grads {
             }
             Ok(Grads::Device(out))
         }
+    }
+
+    /// Zero gradients for every parameter (a rank with no share of a micro-batch).
+    pub fn zeros(params: &BTreeMap<String, Var>, host: bool) -> candle_core::Result<Self> {
+        Self::from_store(&GradStore::default(), params, host)
+    }
+
+    /// Sums the gradients and `loss` over all ranks (in `qa_dist::BUCKET`s); for one rank,
+    /// returns `loss` as it is. Device gradients travel through the host.
+    pub fn all_reduce<C: Collective + ?Sized>(
+        &mut self,
+        comm: &C,
+        loss: Scalar,
+    ) -> candle_core::Result<Scalar> {
+        if comm.world() == 1 {
+            return Ok(loss);
+        }
+        let mut total = [loss.value()? as f32];
+        match self {
+            Grads::Host(grads) => {
+                let mut parts: Vec<&mut [f32]> =
+                    grads.values_mut().map(Vec::as_mut_slice).collect();
+                parts.push(&mut total);
+                all_reduce_parts(comm, &mut parts);
+            }
+            Grads::Device(grads) => {
+                let mut host: Vec<Vec<f32>> = grads
+                    .values()
+                    .map(|t| t.flatten_all()?.to_vec1())
+                    .collect::<candle_core::Result<_>>()?;
+                let mut parts: Vec<&mut [f32]> = host.iter_mut().map(Vec::as_mut_slice).collect();
+                parts.push(&mut total);
+                all_reduce_parts(comm, &mut parts);
+                for (t, sum) in grads.values_mut().zip(host) {
+                    *t = Tensor::from_vec(sum, t.shape(), t.device())?;
+                }
+            }
+        }
+        Ok(Scalar::Host(f64::from(total[0])))
     }
 
     /// Adds another micro-batch's gradients (gradient accumulation).

@@ -37,6 +37,20 @@ pub struct TrainerState {
     /// Where the run ran (`cpu`, `cuda:0`); empty in checkpoints from before devices.
     #[serde(default)]
     pub device: String,
+    /// Processes the run's global batch was split across (1 in checkpoints from before MPI).
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// How its dropout masks were drawn (`DROPOUT_MASKS`; empty in checkpoints from before
+    /// masks followed global-batch positions).
+    #[serde(default)]
+    pub dropout_masks: String,
+}
+
+/// The dropout masks of this version: a function of each feature's global-batch position.
+pub const DROPOUT_MASKS: &str = "philox-global-rows";
+
+fn one() -> usize {
+    1
 }
 
 impl TrainerState {
@@ -54,6 +68,8 @@ impl TrainerState {
             features_seen: 0,
             train_seconds: 0.0,
             device: String::new(),
+            world_size: 1,
+            dropout_masks: DROPOUT_MASKS.into(),
         }
     }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use qa_dist::{Collective, Comm};
 use qa_eval::evaluate::{evaluate_model, write_outputs, EvalSet};
 use qa_eval::postprocess::PostprocessConfig;
 use qa_model::checkpoint::save_with;
@@ -23,7 +24,8 @@ use crate::optim::{AdamW, AdamWConfig, LinearSchedule, Scalar};
 use crate::state::{self, TrainerState, CHECKPOINT_PREFIX, CONFIG_FILE};
 use crate::step::Learner;
 use crate::{
-    order, peak_rss_mib, resume_compatible, steps_per_epoch, TrainError, TrainOptions, TrainSummary,
+    order, peak_rss_mib, resume_compatible, steps_per_epoch, together, TrainError, TrainOptions,
+    TrainSummary,
 };
 
 /// What training reads besides the model: the features, their order, the eval set.
@@ -38,22 +40,25 @@ pub(crate) struct Inputs {
 }
 
 impl Inputs {
-    /// The micro-batches (feature indices) of `epoch`.
+    /// The global micro-batches (feature indices; `batch_size x world` each) of `epoch`: the
+    /// same on every rank and for every split of the global batch.
     fn epoch_batches(
         &self,
         config: &PipelineConfig,
         epoch: usize,
+        world: usize,
     ) -> Result<Vec<Vec<usize>>, TrainError> {
         let tc = &config.train;
+        let global_batch = tc.batch_size * world;
         match &self.recorded_order {
-            Some(o) => order::replayed_batches(o, self.features.len(), tc.batch_size, epoch)
+            Some(o) => order::replayed_batches(o, self.features.len(), global_batch, epoch)
                 .map_err(|message| TrainError::Input {
                     path: tc.data_order.clone().unwrap_or_default(),
                     message,
                 }),
             None => Ok(order::epoch_batches(
                 &self.lengths,
-                tc.batch_size,
+                global_batch,
                 tc.seed,
                 epoch,
                 tc.group_by_length,
@@ -72,9 +77,9 @@ struct RunShape {
 }
 
 impl RunShape {
-    fn new(config: &PipelineConfig, features: usize) -> Self {
+    fn new(config: &PipelineConfig, features: usize, world: usize) -> Self {
         let tc = &config.train;
-        let batches_per_epoch = features.div_ceil(tc.batch_size.max(1));
+        let batches_per_epoch = features.div_ceil(tc.batch_size.max(1) * world);
         let accumulation = tc.gradient_accumulation_steps.max(1);
         let per_epoch = steps_per_epoch(batches_per_epoch, accumulation);
         let total_steps = tc.max_steps.unwrap_or(per_epoch * tc.epochs);
@@ -128,13 +133,17 @@ impl Progress {
         Progress { bar, lines }
     }
 
+    /// A line on stderr from rank 0 (`enabled` is false on the others).
     fn say(&self, line: &str) {
-        self.bar.suspend(|| eprintln!("qa-train: {line}"));
+        self.bar
+            .suspend(|| squad_core::exit::say(&format!("qa-train: {line}")));
     }
 }
 
 pub(crate) struct Trainer<'a> {
     opts: &'a TrainOptions,
+    /// Rank 0: the one rank that writes (checkpoints, model, metrics, plot, summary).
+    writer: bool,
     config: &'a PipelineConfig,
     plan: RunPlan,
     shape: RunShape,
@@ -157,34 +166,53 @@ pub(crate) struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// Loads the base model (or the newest intact checkpoint with `--resume`) to run as
-    /// `plan` says, with the optimizer, dropout generator and metrics log to continue with.
+    /// `plan` says, with the optimizer, dropout generator and metrics log to continue with;
+    /// checks that every rank starts from the same parameters.
     pub fn prepare(
         opts: &'a TrainOptions,
         inputs: &Inputs,
         plan: RunPlan,
         resume_from: Option<(usize, PathBuf)>,
+        comm: Comm,
     ) -> Result<Self, TrainError> {
         let config = &opts.config;
         let tc = &config.train;
-        let shape = RunShape::new(config, inputs.features.len());
-        let ck = load_checkpoint(opts, resume_from.as_ref(), &plan)?;
+        let (world, writer) = (comm.world(), comm.rank() == 0);
+        let shape = RunShape::new(config, inputs.features.len(), world);
+        let ck = load_checkpoint(opts, resume_from.as_ref(), &plan, world)?;
         check_inputs_fit(opts, inputs, &ck)?;
+        together(&*comm, same_parameters(&*comm, &ck.params))?;
         let mut optimizer = AdamW::new(adam_config(config), &ck.params, &plan);
         let metrics = opts.output.join("metrics.jsonl");
         let (mut state, log) = match &resume_from {
             Some((step, dir)) => {
-                let state = resumed_state(opts, inputs, dir, &plan)?;
+                let state = resumed_state(opts, inputs, dir, &plan, writer)?;
                 state::read_optimizer(&mut optimizer, *step as u64, dir, &plan.device)?;
-                (state, MetricsLog::resume(&metrics, *step)?)
+                let log = match writer {
+                    true => MetricsLog::resume(&metrics, *step)?,
+                    false => MetricsLog::in_memory(),
+                };
+                (state, log)
             }
             None => (
                 TrainerState::new(shape.total_steps, &inputs.features_sha256),
-                MetricsLog::create(&metrics)?,
+                match writer {
+                    true => MetricsLog::create(&metrics)?,
+                    false => MetricsLog::in_memory(),
+                },
             ),
         };
         state.device = qa_model::device::name(&plan.device);
-        config.save(&opts.output.join("config.yaml"))?;
-        let progress = Progress::new(opts.progress, shape.total_steps, state.global_step);
+        state.world_size = world;
+        state.dropout_masks = state::DROPOUT_MASKS.into();
+        if writer {
+            config.save(&opts.output.join("config.yaml"))?;
+        }
+        let progress = Progress::new(
+            opts.progress && writer,
+            shape.total_steps,
+            state.global_step,
+        );
         let Checkpoint {
             dir: tokenizer_src,
             config: bert,
@@ -202,9 +230,11 @@ impl<'a> Trainer<'a> {
             pad_to: shape.pad_to,
             accumulation: shape.accumulation,
             max_grad_norm: tc.max_grad_norm,
+            comm,
         };
         Ok(Trainer {
             opts,
+            writer,
             config,
             plan,
             shape,
@@ -230,7 +260,7 @@ impl<'a> Trainer<'a> {
         let tc = &config.train;
         while self.state.epoch < self.shape.epochs {
             let epoch = self.state.epoch;
-            let batches = inputs.epoch_batches(config, epoch)?;
+            let batches = inputs.epoch_batches(config, epoch, self.learner.comm.world())?;
             while self.state.batches_done < batches.len()
                 && self.state.global_step < self.shape.total_steps
             {
@@ -327,10 +357,10 @@ impl<'a> Trainer<'a> {
                 let eta = s.train_seconds / p.step as f64 * (total - p.step) as f64;
                 self.log.append(record)?;
                 if self.progress.lines {
-                    eprintln!(
-                        "qa-train: step {}/{total}  loss {window_loss:.4}  lr {:.3e}  {speed:.2} features/s  eta {eta:.0}s",
+                    self.progress.say(&format!(
+                        "step {}/{total}  loss {window_loss:.4}  lr {:.3e}  {speed:.2} features/s  eta {eta:.0}s",
                         p.step, p.lr
-                    );
+                    ));
                 }
             }
         }
@@ -383,7 +413,12 @@ impl<'a> Trainer<'a> {
             version_2_with_negative: ev.version_2_with_negative || set.squad_v2,
             null_score_diff_threshold: ev.null_score_diff_threshold,
         };
-        let evaluation = evaluate_model(&self.eval_model, set, ev.batch_size, &pp, false)?;
+        let comm = &*self.learner.comm;
+        let evaluation = evaluate_model(&self.eval_model, set, ev.batch_size, &pp, false, comm)?;
+        if !self.writer {
+            self.last_eval = Some(evaluation.metrics);
+            return Ok(());
+        }
         let dir = self
             .opts
             .output
@@ -408,10 +443,12 @@ impl<'a> Trainer<'a> {
         let dir = self
             .checkpoints_dir
             .join(format!("{CHECKPOINT_PREFIX}{}", self.state.global_step));
-        let (state, optimizer) = (&self.state, &self.learner.optimizer);
-        self.save_model(&dir, |tmp| state::write_optimizer(optimizer, tmp), state)?;
+        if self.writer {
+            let (state, optimizer) = (&self.state, &self.learner.optimizer);
+            self.save_model(&dir, |tmp| state::write_optimizer(optimizer, tmp), state)?;
+            state::prune_checkpoints(&self.checkpoints_dir, self.config.train.save_total_limit);
+        }
         self.last_checkpoint = Some(dir);
-        state::prune_checkpoints(&self.checkpoints_dir, self.config.train.save_total_limit);
         self.window = (0, Instant::now());
         Ok(())
     }
@@ -464,6 +501,9 @@ impl<'a> Trainer<'a> {
             eval: self.last_eval.take(),
             peak_rss_mib: peak_rss_mib(),
         };
+        if !self.writer {
+            return Ok(summary);
+        }
         self.log.append(DoneRecord {
             step: s.global_step,
             done: true,
@@ -476,7 +516,8 @@ impl<'a> Trainer<'a> {
         if let Err(e) =
             crate::plot::training_curve(&self.log.records, &output.join("training_curve.svg"))
         {
-            eprintln!("qa-train: warning: no training curve: {e}");
+            self.progress
+                .say(&format!("warning: no training curve: {e}"));
         }
         squad_core::fsutil::write_atomic_bytes(
             &output.join("train_summary.json"),
@@ -498,13 +539,15 @@ fn load_checkpoint(
     opts: &TrainOptions,
     resume_from: Option<&(usize, PathBuf)>,
     plan: &RunPlan,
+    world: usize,
 ) -> Result<Checkpoint, TrainError> {
     let config = &opts.config;
     let seed = config.train.seed;
     Ok(match resume_from {
         Some((_, dir)) => {
             let saved = PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))?;
-            if !resume_compatible(&saved, config) {
+            let saved_world = TrainerState::read(dir)?.world_size;
+            if !resume_compatible((&saved, saved_world), (config, world)) {
                 return Err(TrainError::Resume {
                     path: dir.clone(),
                     message: "was made with other model/features/train settings; use --overwrite to start over".into(),
@@ -558,6 +601,7 @@ fn resumed_state(
     inputs: &Inputs,
     dir: &Path,
     plan: &RunPlan,
+    writer: bool,
 ) -> Result<TrainerState, TrainError> {
     let state = TrainerState::read(dir)?;
     if state.features_sha256 != inputs.features_sha256 {
@@ -570,12 +614,37 @@ fn resumed_state(
         });
     }
     let device_name = qa_model::device::name(&plan.device);
+    let warn = |what: String| {
+        if writer {
+            squad_core::exit::say(&format!("qa-train: warning: {}: {what}", dir.display()));
+        }
+    };
     if !state.device.is_empty() && kind(&state.device) != kind(&device_name) {
-        eprintln!(
-            "qa-train: warning: {} was saved by a run on {}; continuing on {device_name} (not bit-exact)",
-            dir.display(),
+        warn(format!(
+            "saved by a run on {}; continuing on {device_name} (not bit-exact)",
             state.device
-        );
+        ));
+    }
+    if opts.config.train.dropout && state.dropout_masks != state::DROPOUT_MASKS {
+        warn("saved before dropout masks followed global-batch positions; continuing with the new masks (not bit-exact)".into());
     }
     Ok(state)
+}
+
+/// Every rank starts from rank 0's parameters: a sha256 of their bytes, compared.
+fn same_parameters(comm: &dyn Collective, params: &qa_model::Params) -> Result<(), TrainError> {
+    if comm.world() == 1 {
+        return Ok(());
+    }
+    let digest = params.sha256()?;
+    match qa_dist::differs_from_rank0(comm, digest.as_bytes()) {
+        None => Ok(()),
+        Some(theirs) => Err(TrainError::Ranks {
+            message: format!(
+                "rank {} starts from other parameters than rank 0 (sha256 {digest} here, {} on rank 0)",
+                comm.rank(),
+                String::from_utf8_lossy(&theirs)
+            ),
+        }),
+    }
 }

@@ -6,62 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qa_features::{make_features_file, QaTokenizer, Settings};
-use squad_core::features::FeatureSplit;
-use squad_ingest::{read_squad, write_outputs, IngestOptions, Selection};
-
-const BIN: &str = env!("CARGO_BIN_EXE_qa-train");
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// tiny.json examples plus train and eval features (MiniLM's tokenizer).
-struct Inputs {
-    examples: PathBuf,
-    train: PathBuf,
-    eval: PathBuf,
-    model: PathBuf,
-}
-
-fn inputs(dir: &Path) -> Inputs {
-    let tokenizer_dir = root().join("data/models/all-MiniLM-L6-v2");
-    assert!(
-        tokenizer_dir.join("tokenizer.json").exists(),
-        "run `make model`"
-    );
-    let json = root().join("crates/qa-features/tests/fixtures/tiny.json");
-    let ingested = read_squad(&json, &IngestOptions::default()).unwrap();
-    let examples = dir.join("tiny.examples.parquet");
-    write_outputs(&examples, &ingested, &Selection::default()).unwrap();
-    let tok = QaTokenizer::load(&tokenizer_dir).unwrap();
-    let settings = Settings {
-        max_length: 384,
-        stride: 128,
-    };
-    let (train, eval) = (
-        dir.join("tiny.train.parquet"),
-        dir.join("tiny.eval.parquet"),
-    );
-    make_features_file(&examples, &tok, settings, FeatureSplit::Train, None, &train).unwrap();
-    make_features_file(&examples, &tok, settings, FeatureSplit::Eval, None, &eval).unwrap();
-    // A small BERT (2 layers, hidden 32) with MiniLM's vocab, initialised by --random-init.
-    let model = dir.join("small-bert");
-    std::fs::create_dir_all(&model).unwrap();
-    std::fs::write(
-        model.join("config.json"),
-        r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512,
-            "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}"#,
-    )
-    .unwrap();
-    Inputs {
-        examples,
-        train,
-        eval,
-        model,
-    }
-}
+mod common;
+use common::{inputs, root, run_ok, steps_logged, Inputs, BIN};
 
 fn train_cmd(i: &Inputs, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);
@@ -88,26 +34,6 @@ fn train_cmd(i: &Inputs, out: &Path, extra: &[&str]) -> Command {
         }
     }
     c
-}
-
-fn run_ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "qa-train failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn steps_logged(run: &Path) -> Vec<u64> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| r.get("loss").is_some())
-        .map(|r| r["step"].as_u64().unwrap())
-        .collect()
 }
 
 /// Waits (up to 2 minutes) for `path` to appear while `child` runs, then SIGKILLs it;
