@@ -54,7 +54,10 @@ impl Collective for Mpi {
         let mut len = bytes.len() as u64;
         root.broadcast_into(&mut len);
         bytes.resize(len as usize, 0);
-        root.broadcast_into(&mut bytes[..]);
+        // OpenMPI rejects an empty buffer's dangling pointer even with a count of 0.
+        if len > 0 {
+            root.broadcast_into(&mut bytes[..]);
+        }
     }
     fn barrier(&self) {
         self.world.barrier();
