@@ -108,12 +108,11 @@ $(foreach s,$(STAGES),$(eval $(call binary_rule,$(s))))
 $(STAMP_TOOL): $(CORE_SOURCES) $(call crate_sources,pipeline-stamp)
 	$(CARGO) build --release --locked --bin pipeline-stamp $(MPI_FEATURES)
 
+# Beside them, train-nproc.sha256 stamps the process count (NPROC), rewritten only when it
+# changes: training on another count is another global batch.
 $(STAMPS)/config.mk: FORCE | $(PIPELINE_STAMP)
 	@$(PIPELINE_STAMP) --config $(CONFIG) --stamps $(STAMPS)
-
-# The process count, rewritten only when it changes (like the section stamps).
-$(STAMPS)/nproc: FORCE
-	@mkdir -p $(@D); echo $(NPROC) | cmp -s - $@ 2>/dev/null || echo $(NPROC) > $@
+	@echo "nproc $(NPROC)" | sha256sum | cmp -s - $(STAMPS)/train-nproc.sha256 || echo "nproc $(NPROC)" | sha256sum > $(STAMPS)/train-nproc.sha256
 
 FORCE:
 
@@ -176,7 +175,7 @@ train: $(RUN)/model/model.safetensors
 # The per-epoch evaluation inside training uses the eval section as it was then (saved in
 # the run's config.yaml); an `eval:` edit alone re-evaluates the final model, not retrains.
 $(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet \
-  $(call stamp,model) $(call stamp,train) $(STAMPS)/nproc $(BASE_MODEL_DEP) | $(BIN)/qa-train
+  $(call stamp,model) $(call stamp,train) $(call stamp,train-nproc) $(BASE_MODEL_DEP) | $(BIN)/qa-train
 	scripts/timed.sh $(RUN)/timings.tsv train -- $(LAUNCH)$(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) --device $(DEVICE) \
 	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
 	  $(if $(RESUME),--resume,--overwrite)

@@ -262,3 +262,9 @@ row "thread scaling, 2 threads / 1 thread (x)" \
   "$( [ -n "${torch_1%% *}" ] && echo "$t2 ${torch_1%% *}" | awk '{printf "%.2f", $1 / $2}')" higher
 echo
 echo "table: $table"
+
+# Data-parallel training (MPI builds): 1 x 1, 1 x 2 threads, 2 processes x 1, vs PyTorch DDP.
+if [ -n "${MPI:-}" ] && command -v mpirun >/dev/null; then
+  echo
+  scripts/bench_mpi.sh "$bin" "$out" "$out/train96.features.parquet" "$train" "$model" "$( oracle && echo "$py" )"
+fi

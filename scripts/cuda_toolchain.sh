@@ -26,6 +26,15 @@ if [ ! -x "$_prefix/venv/bin/nvcc-ok" ]; then
   ln -sf "$_nv/lib/libcublasLt.so.13" "$_prefix/link/libcublasLt.so"
   touch "$_prefix/venv/bin/nvcc-ok"
 fi
+# NCCL for the data-parallel GPU build (qa-train/nccl): headers are not needed (cudarc has
+# its own bindings, for NCCL 2.30), only a libnccl.so to link against.
+if [ ! -e "$_prefix/venv/bin/nccl-ok" ]; then
+  "$_prefix/venv/bin/pip" install -q nvidia-nccl-cu13==2.30.7
+  _nccl=$(echo "$_prefix"/venv/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2)
+  [ -e "$_nccl" ] || _nccl=$(echo "$_prefix"/venv/lib/python3*/site-packages/nvidia/cu13/lib/libnccl.so.2)
+  ln -sf "$_nccl" "$_prefix/link/libnccl.so"
+  touch "$_prefix/venv/bin/nccl-ok"
+fi
 _nv=$(echo "$_prefix"/venv/lib/python3*/site-packages/nvidia/cu13)
 export PATH="$_nv/bin:$PATH"                          # nvcc (cudaforge looks it up on PATH)
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}       # no nvidia-smi here; 90 -> sm_90a (H100/H200)

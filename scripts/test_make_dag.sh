@@ -2,8 +2,8 @@
 # Checks the Makefile's DAG with `make -n` on a throw-away pipeline whose stage outputs are
 # empty files with staged mtimes (no binaries run): a finished run has nothing to do,
 # editing one config section reruns only the stages that read it, a comment-only edit or a
-# reverted edit is handled, and touching the train examples reruns features and training
-# but not ingest.
+# reverted edit is handled, touching the train examples reruns features and training but not
+# ingest, and another process count (NPROC) retrains.
 #
 # Needs the real config-stamp tool (pipeline-stamp), which it does not build: PIPELINE_STAMP
 # if set, else the debug build that `cargo test --workspace` makes (so `make test` has it),
@@ -45,7 +45,7 @@ YAML
 }
 # The stages make would run for the final evaluation, sorted, on one line.
 plan() {
-  make --no-print-directory -n CONFIG="$tmp/p.yaml" RUN="$tmp/run" BIN="$tmp/bin" PIPELINE_STAMP="$PIPELINE_STAMP" \
+  make --no-print-directory -n NPROC="${NPROC:-1}" CONFIG="$tmp/p.yaml" RUN="$tmp/run" BIN="$tmp/bin" PIPELINE_STAMP="$PIPELINE_STAMP" \
     "$tmp/run/eval/metrics.json" \
     | { grep -o 'timings.tsv [a-z-]*' || true; } | cut -d' ' -f2 | sort | tr '\n' ' ' | sed 's/ $//'
 }
@@ -75,4 +75,8 @@ finish_run; write_config 2.0e-5 10 384 10; expect "train edit reverted" "eval tr
 finish_run; write_config 2.0e-5 10 256 10; expect "features section edited" "eval features-dev features-train train"
 finish_run; write_config 2.0e-5 10 256 20; expect "data section edited" "eval features-dev features-train ingest-dev ingest-train train"
 finish_run; touch "$tmp/run/train.examples.parquet"; expect "train examples touched" "eval features-train train"
+# The process count sets the global batch: another NPROC retrains, the same one does not.
+finish_run; NPROC=2 expect "NPROC=2 (another global batch)" "eval train"
+NPROC=2 finish_run; NPROC=2 expect "NPROC=2 again" ""
+NPROC=1 expect "back to one process" "eval train"
 exit $fails

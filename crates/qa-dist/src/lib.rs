@@ -7,6 +7,8 @@
 
 #[cfg(feature = "mpi")]
 mod mpi_world;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use std::rc::Rc;
 
@@ -36,6 +38,38 @@ pub trait Collective {
     /// Ends every rank of the job with `code` (a rank that fails alone, while the others may
     /// wait in a collective).
     fn abort(&self, code: i32) -> !;
+    /// The sum over ranks of an f32 tensor wherever it lives: through the host by default,
+    /// on the device where a device collective (NCCL) is there.
+    fn all_reduce_tensor(
+        &self,
+        t: &candle_core::Tensor,
+    ) -> candle_core::Result<candle_core::Tensor> {
+        host_all_reduce_tensor(self, t)
+    }
+}
+
+/// `all_reduce_tensor` through the host: copy out, sum in buckets, copy back.
+pub fn host_all_reduce_tensor<C: Collective + ?Sized>(
+    comm: &C,
+    t: &candle_core::Tensor,
+) -> candle_core::Result<candle_core::Tensor> {
+    if comm.world() == 1 {
+        return Ok(t.clone());
+    }
+    let mut values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+    all_reduce_parts(comm, &mut [&mut values]);
+    candle_core::Tensor::from_vec(values, t.shape(), t.device())
+}
+
+/// `comm` for training on `device`: on a GPU of a job of several ranks built with NCCL, with
+/// device tensors summed by NCCL; else `comm` itself.
+pub fn on_device(comm: Comm, device: &candle_core::Device) -> Result<Comm, String> {
+    #[cfg(feature = "nccl")]
+    if let (candle_core::Device::Cuda(gpu), true) = (device, comm.world() > 1) {
+        return Ok(Rc::new(nccl::Nccl::new(comm, gpu)?));
+    }
+    let _ = device;
+    Ok(comm)
 }
 
 /// One process: every collective is the identity.

@@ -129,8 +129,15 @@ impl TrainError {
     pub fn ending(&self) -> qa_dist::Ending {
         match self {
             TrainError::Together(_) | TrainError::Elsewhere => qa_dist::Ending::Together,
+            _ if self.same_on_every_rank() => qa_dist::Ending::Together,
             _ => qa_dist::Ending::Alone,
         }
+    }
+
+    /// Every rank meets this error at the same point with the same words (it comes from
+    /// numbers summed over all ranks), so rank 0's line says it for all.
+    pub fn same_on_every_rank(&self) -> bool {
+        matches!(self, TrainError::NonFinite { .. })
     }
 }
 
@@ -208,6 +215,9 @@ pub fn train(opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
 pub fn train_on(opts: &TrainOptions, comm: Comm) -> Result<TrainSummary, TrainError> {
     let c = &*comm;
     let device = qa_model::device::device_for_rank(&opts.config.device, c.local_rank())?;
+    let comm = qa_dist::on_device(comm.clone(), &device)
+        .map_err(|message| TrainError::Ranks { message })?;
+    let c = &*comm;
     let plan = RunPlan::new(device, Mode::Train, opts.run.clone());
     let inputs = together(c, load_inputs(opts))?;
     together(c, agree_with_rank0(c, opts, &inputs))?;

@@ -134,6 +134,7 @@ fn main() -> ExitCode {
     };
     let (message, ending) = match e.downcast_ref::<TrainError>() {
         Some(TrainError::Elsewhere) => (None, qa_dist::Ending::Together),
+        Some(inner) if inner.same_on_every_rank() && comm.rank() > 0 => (None, inner.ending()),
         Some(inner) => (Some(format!("{e:#}")), inner.ending()),
         None => (Some(format!("{e:#}")), qa_dist::Ending::Alone),
     };

@@ -122,7 +122,8 @@ impl Grads {
     }
 
     /// Sums the gradients and `loss` over all ranks (in `qa_dist::BUCKET`s); for one rank,
-    /// returns `loss` as it is. Device gradients travel through the host.
+    /// returns `loss` as it is. Device gradients are summed as one flat device tensor (by
+    /// NCCL where the collectives have it, else through the host).
     pub fn all_reduce<C: Collective + ?Sized>(
         &mut self,
         comm: &C,
@@ -139,18 +140,7 @@ impl Grads {
                 parts.push(&mut total);
                 all_reduce_parts(comm, &mut parts);
             }
-            Grads::Device(grads) => {
-                let mut host: Vec<Vec<f32>> = grads
-                    .values()
-                    .map(|t| t.flatten_all()?.to_vec1())
-                    .collect::<candle_core::Result<_>>()?;
-                let mut parts: Vec<&mut [f32]> = host.iter_mut().map(Vec::as_mut_slice).collect();
-                parts.push(&mut total);
-                all_reduce_parts(comm, &mut parts);
-                for (t, sum) in grads.values_mut().zip(host) {
-                    *t = Tensor::from_vec(sum, t.shape(), t.device())?;
-                }
-            }
+            Grads::Device(grads) => return all_reduce_device(comm, grads, loss),
         }
         Ok(Scalar::Host(f64::from(total[0])))
     }
@@ -176,6 +166,38 @@ impl Grads {
         }
         Ok(())
     }
+}
+
+/// Device gradients and the loss as one flat tensor, summed over ranks, cut back in place;
+/// the loss stays on the device.
+fn all_reduce_device<C: Collective + ?Sized>(
+    comm: &C,
+    grads: &mut BTreeMap<String, Tensor>,
+    loss: Scalar,
+) -> candle_core::Result<Scalar> {
+    let loss = match loss {
+        Scalar::Device(t) => t.to_dtype(DType::F32)?.reshape(1)?,
+        Scalar::Host(v) => {
+            let device = grads
+                .values()
+                .next()
+                .map_or(Device::Cpu, |t| t.device().clone());
+            Tensor::from_vec(vec![v as f32], 1, &device)?
+        }
+    };
+    let mut flat: Vec<Tensor> = grads
+        .values()
+        .map(Tensor::flatten_all)
+        .collect::<candle_core::Result<_>>()?;
+    flat.push(loss);
+    let sum = comm.all_reduce_tensor(&Tensor::cat(&flat, 0)?)?;
+    let mut at = 0;
+    for t in grads.values_mut() {
+        let n = t.elem_count();
+        *t = sum.narrow(0, at, n)?.reshape(t.shape())?;
+        at += n;
+    }
+    Ok(Scalar::Device(sum.narrow(0, at, 1)?.squeeze(0)?))
 }
 
 /// `clip_grad_norm` on device tensors: the norm (f32 scalar) and the scaling factor stay on

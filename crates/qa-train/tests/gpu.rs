@@ -114,3 +114,35 @@ fn dropout_masks_on_the_gpu_are_the_cpus() {
         "loss with dropout: cpu {cpu}, gpu {on_gpu}"
     );
 }
+
+/// NCCL with one rank (NCCL refuses two ranks on one GPU): a step through the NCCL
+/// collectives gives the step without them, and the all-reduce of a tensor is itself.
+#[cfg(feature = "nccl")]
+#[test]
+fn nccl_of_one_rank_sums_gradients_on_the_gpu() {
+    let Some(gpu) = gpu() else { return };
+    let Device::Cuda(cuda) = &gpu else {
+        unreachable!()
+    };
+    let nccl = qa_dist::nccl::Nccl::new(std::rc::Rc::new(qa_dist::Solo), cuda).unwrap();
+    let x = candle_core::Tensor::arange(0f32, 1000., &gpu).unwrap();
+    let sum = qa_dist::Collective::all_reduce_tensor(&nccl, &x).unwrap();
+    assert_eq!(max_abs_diff(&x, &sum), 0.0);
+    let feats = features("tiny.train.ref.parquet", 8);
+    let batch: Vec<&Feature> = feats.iter().collect();
+    let plan = RunPlan::new(gpu.clone(), Mode::Train, RunOptions::default());
+    let loss = |comm: qa_dist::Comm| {
+        let mut l = learner(&plan);
+        l.comm = comm;
+        l.step(0, std::slice::from_ref(&batch), 2e-5)
+            .unwrap()
+            .loss
+            .value()
+            .unwrap()
+    };
+    let (plain, through_nccl) = (
+        loss(std::rc::Rc::new(qa_dist::Solo)),
+        loss(std::rc::Rc::new(nccl)),
+    );
+    assert_eq!(plain, through_nccl);
+}
