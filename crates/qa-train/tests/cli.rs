@@ -2,12 +2,12 @@
 //! a small randomly initialised BERT so runs take seconds. Exact resume after `kill -9`,
 //! per-epoch evaluation and the run directory's files, and input errors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{inputs, root, run_ok, steps_logged, Inputs, BIN};
+use common::{inputs, run_ok, steps_logged, Inputs, BIN};
 
 fn train_cmd(i: &Inputs, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(BIN);

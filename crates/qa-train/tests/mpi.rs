@@ -82,8 +82,12 @@ fn two_ranks(i: &Inputs, out: &Path, batch: usize, extra: &[&str]) -> Command {
     c
 }
 
-/// metrics.jsonl's records, by kind: (step, loss, grad_norm) and (step, eval metrics).
-fn records(run: &Path) -> (Vec<(u64, f64, f64)>, Vec<(u64, serde_json::Value)>) {
+/// A training record (step, loss, grad_norm) and an evaluation record (step, metrics).
+type StepLine = (u64, f64, f64);
+type EvalLine = (u64, serde_json::Value);
+
+/// metrics.jsonl's records, by kind.
+fn records(run: &Path) -> (Vec<StepLine>, Vec<EvalLine>) {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let (mut steps, mut evals) = (vec![], vec![]);
     for r in text
