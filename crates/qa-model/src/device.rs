@@ -15,7 +15,7 @@ pub const CUDA_BUILD_HINT: &str =
 /// GPU, `cuda:LOCAL_RANK` (one GPU per rank, as `mpirun -np <GPUs per node>` expects).
 pub fn device_for_rank(name: &str, local_rank: usize) -> Result<Device> {
     match name {
-        "cuda" => device(&format!("cuda:{local_rank}")),
+        "cuda" if local_rank > 0 => device(&format!("cuda:{local_rank}")),
         other => device(other),
     }
 }
