@@ -15,6 +15,8 @@
 #                    and the run report runs/<name>/report.md (NPROC=N: on N MPI processes)
 #   make demo        the notebook's example question: base model vs fine-tuned
 #   make infer Q="question" C="context"   answer with runs/<name>/model, else the base model
+#   make serve       serve runs/<name>/model (else the base model) over HTTP on ADDR
+#                    (default 127.0.0.1:8080; SERVE_FLAGS="--max-batch 32 ..." for the rest)
 #   make build-cuda  the binaries with CUDA (scripts/build_cuda.sh); then DEVICE=cuda uses them
 #   make test        the test suite (what CI runs)
 #   make bench       speed benchmarks (release build)
@@ -79,7 +81,7 @@ BUILD := $(CARGO) build --release --locked --bins $(MPI_FEATURES)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help data model ingest stats features parity infer test bench train eval demo clean-run build-cuda FORCE
+.PHONY: help data model ingest stats features parity infer serve test bench train eval demo clean-run build-cuda FORCE
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -89,9 +91,10 @@ help:
 # --- binaries: each depends on the sources of its own crate and the shared crate -----------
 crate_sources = $(shell find crates/$(1) -name '*.rs' -not -path '*/tests/*') crates/$(1)/Cargo.toml
 CORE_SOURCES := $(call crate_sources,squad-core) Cargo.toml Cargo.lock
-STAGES := squad-ingest qa-features qa-train qa-eval qa-infer
+STAGES := squad-ingest qa-features qa-train qa-eval qa-infer qa-serve
 # Library crates each stage links besides squad-core.
 LIBS_qa-infer := qa-model qa-features
+LIBS_qa-serve := qa-model qa-features qa-infer
 LIBS_qa-eval  := qa-model squad-ingest
 LIBS_qa-train := qa-model qa-eval squad-ingest qa-dist qa-kernels
 LIBS_qa-eval  += qa-dist
@@ -163,6 +166,12 @@ INFER_MODEL ?= $(if $(wildcard $(RUN)/model/config.json),$(RUN)/model,$(MODEL_DI
 infer: $(BIN)/qa-infer model
 	@test -n "$(Q)" -a -n "$(C)" || { echo 'usage: make infer Q="question" C="context"' >&2; exit 2; }
 	$(BIN)/qa-infer --model $(INFER_MODEL) --question "$(Q)" --context "$(C)" --top-k 3
+
+# The server reads the pipeline's windows and answer settings from its YAML; without a
+# trained model it serves the base one, and says (one line) that its QA head is untrained.
+ADDR ?= 127.0.0.1:8080
+serve: $(BIN)/qa-serve model
+	$(BIN)/qa-serve --model $(INFER_MODEL) --config $(CONFIG) --addr $(ADDR) $(SERVE_FLAGS)
 
 # The base model qa-train starts from: fetched by `make model` when it is the offline default.
 BASE_MODEL := $(PIPELINE_BASE_MODEL)

@@ -23,7 +23,7 @@ if [ "${SQUAD_CUDA_FROM_PYPI:-0}" = 1 ] || ! command -v nvcc >/dev/null; then
 fi
 command -v nvcc >/dev/null || { echo "build_cuda: no nvcc (install the CUDA toolkit, or set SQUAD_CUDA_FROM_PYPI=1)" >&2; exit 1; }
 echo "build_cuda: $(nvcc --version | tail -1); CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-auto}; target $CARGO_TARGET_DIR" >&2
-FEATURES=qa-train/cuda,qa-eval/cuda,qa-infer/cuda
+FEATURES=qa-train/cuda,qa-eval/cuda,qa-infer/cuda,qa-serve/cuda
 # With MPI (mpicc found, or MPI=1): data-parallel training with NCCL on the GPUs.
 MPI=${MPI-$(command -v mpicc >/dev/null && echo 1)}
 [ -n "$MPI" ] && FEATURES=$FEATURES,qa-train/nccl,qa-eval/mpi

@@ -24,7 +24,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 mkdir -p "$tmp/bin" "$tmp/model" "$tmp/run/model" "$tmp/run/eval"
-for b in squad-ingest qa-features qa-train qa-eval qa-infer; do touch "$tmp/bin/$b"; done
+for b in squad-ingest qa-features qa-train qa-eval qa-infer qa-serve; do touch "$tmp/bin/$b"; done
 touch "$tmp/train.json.gz" "$tmp/dev.json.gz"
 write_config() { # LR N_BEST MAX_LENGTH TRAIN_LIMIT [COMMENT]
   cat > "$tmp/p.yaml" <<YAML

@@ -14,7 +14,7 @@ use serde::Serialize;
 use squad_core::features::FeatureSplit;
 use squad_core::{Example, Feature};
 
-use spans::{best_spans, WindowLogits};
+use spans::{best_spans, best_spans_or_null, WindowLogits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -36,12 +36,15 @@ pub enum InferError {
     Empty(&'static str),
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InferSettings {
     pub max_length: usize,
     pub stride: usize,
     pub max_answer_length: usize,
     pub top_k: usize,
+    /// SQuAD v2.0: answer "" when the null span (`[CLS]`) beats the best span, by qa-eval's
+    /// rule (see `spans::best_spans_or_null`).
+    pub handle_impossible_answer: bool,
 }
 
 impl Default for InferSettings {
@@ -51,6 +54,7 @@ impl Default for InferSettings {
             stride: 128,
             max_answer_length: 30,
             top_k: 1,
+            handle_impossible_answer: false,
         }
     }
 }
@@ -63,6 +67,67 @@ pub struct Answer {
     pub end: usize,
     /// Probability of this span among all valid spans of all windows.
     pub score: f64,
+}
+
+/// One window's start and end logits, trimmed to the window's own length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    pub start: Vec<f32>,
+    pub end: Vec<f32>,
+}
+
+/// A question tokenized and cut into windows, waiting for the logits of its windows. The
+/// three steps of an answer are apart so that a server can batch windows of many questions
+/// into one forward: `Inferencer::prepare`, `Inferencer::logits`, `Prepared::answers`.
+pub struct Prepared {
+    pub windows: Vec<Feature>,
+    context: String,
+    settings: InferSettings,
+}
+
+impl Prepared {
+    /// The `top_k` best answers, best first, from the logits of `self.windows` (same order).
+    pub fn answers(&self, logits: &[Logits]) -> Vec<Answer> {
+        let offsets: Vec<Vec<Option<(usize, usize)>>> =
+            self.windows.iter().map(char_offsets).collect();
+        let windows: Vec<WindowLogits> = logits
+            .iter()
+            .zip(&offsets)
+            .map(|(l, offsets)| WindowLogits {
+                start: &l.start,
+                end: &l.end,
+                offsets,
+            })
+            .collect();
+        let s = self.settings;
+        let spans = if s.handle_impossible_answer {
+            best_spans_or_null(&windows, s.max_answer_length, s.top_k)
+        } else {
+            best_spans(&windows, s.max_answer_length, s.top_k)
+        };
+        let context = &self.context;
+        let chars: Vec<(usize, char)> = context.char_indices().collect();
+        let byte_at = |c: usize| chars.get(c).map_or(context.len(), |&(b, _)| b);
+        spans
+            .into_iter()
+            .map(|span| Answer {
+                answer: context[byte_at(span.start)..byte_at(span.end)].to_string(),
+                start: span.start,
+                end: span.end,
+                score: span.probability,
+            })
+            .collect()
+    }
+}
+
+fn char_offsets(window: &Feature) -> Vec<Option<(usize, usize)>> {
+    window
+        .offsets
+        .as_ref()
+        .expect("eval features have offsets")
+        .iter()
+        .map(|&(a, b)| (a >= 0).then_some((a as usize, b as usize)))
+        .collect()
 }
 
 pub struct Inferencer {
@@ -97,8 +162,20 @@ impl Inferencer {
         &self.checkpoint.dir
     }
 
-    /// The `top_k` best answers, best first.
+    /// The `top_k` best answers, best first, with the settings the inferencer was loaded with.
     pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, InferError> {
+        let prepared = self.prepare(question, context, self.settings)?;
+        let windows: Vec<&Feature> = prepared.windows.iter().collect();
+        Ok(prepared.answers(&self.logits(&windows)?))
+    }
+
+    /// Tokenizes a question and its context and cuts them into windows, as in evaluation.
+    pub fn prepare(
+        &self,
+        question: &str,
+        context: &str,
+        settings: InferSettings,
+    ) -> Result<Prepared, InferError> {
         if question.trim().is_empty() {
             return Err(InferError::Empty("question"));
         }
@@ -116,46 +193,31 @@ impl Inferencer {
             article_index: 0,
             paragraph_index: 0,
         };
-        let s = self.settings;
-        let settings = Settings {
-            max_length: s.max_length,
-            stride: s.stride,
+        let windowing = Settings {
+            max_length: settings.max_length,
+            stride: settings.stride,
         };
-        let (features, _) =
-            build_features(&self.tokenizer, &[example], settings, FeatureSplit::Eval)?;
-        let refs: Vec<&Feature> = features.iter().collect();
-        let batch = make_batch(&refs, None, &self.device)?;
+        let (windows, _) =
+            build_features(&self.tokenizer, &[example], windowing, FeatureSplit::Eval)?;
+        Ok(Prepared {
+            windows,
+            context: context.to_string(),
+            settings,
+        })
+    }
+
+    /// One forward over `windows` (padded to the longest): each window's logits.
+    pub fn logits(&self, windows: &[&Feature]) -> Result<Vec<Logits>, InferError> {
+        let batch = make_batch(windows, None, &self.device)?;
         let (start, end) = self.checkpoint.model.forward(&batch, None)?;
         let (start, end): (Vec<Vec<f32>>, Vec<Vec<f32>>) = (start.to_vec2()?, end.to_vec2()?);
-        let offsets: Vec<Vec<Option<(usize, usize)>>> = features
+        Ok(windows
             .iter()
-            .map(|f| {
-                f.offsets
-                    .as_ref()
-                    .expect("eval features have offsets")
-                    .iter()
-                    .map(|&(a, b)| (a >= 0).then_some((a as usize, b as usize)))
-                    .collect()
-            })
-            .collect();
-        let windows: Vec<WindowLogits> = features
-            .iter()
-            .enumerate()
-            .map(|(k, f)| WindowLogits {
-                start: &start[k][..f.len()],
-                end: &end[k][..f.len()],
-                offsets: &offsets[k],
-            })
-            .collect();
-        let chars: Vec<(usize, char)> = context.char_indices().collect();
-        let byte_at = |c: usize| chars.get(c).map_or(context.len(), |&(b, _)| b);
-        Ok(best_spans(&windows, s.max_answer_length, s.top_k)
-            .into_iter()
-            .map(|span| Answer {
-                answer: context[byte_at(span.start)..byte_at(span.end)].to_string(),
-                start: span.start,
-                end: span.end,
-                score: span.probability,
+            .zip(start.into_iter().zip(end))
+            .map(|(w, (mut start, mut end))| {
+                start.truncate(w.len());
+                end.truncate(w.len());
+                Logits { start, end }
             })
             .collect())
     }

@@ -1,12 +1,14 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use qa_infer::{Answer, InferSettings, Inferencer};
 use serde::Deserialize;
 use squad_core::exit::finish;
+use squad_core::Feature;
 
 /// Answer questions with a BERT QA checkpoint (a local directory or a Hugging Face hub id).
 ///
@@ -41,9 +43,15 @@ struct Cli {
     max_length: usize,
     #[arg(long, default_value_t = 128)]
     stride: usize,
+    /// SQuAD v2.0: answer "" when the null span ([CLS]) beats the best span (qa-eval's rule).
+    #[arg(long)]
+    handle_impossible_answer: bool,
     /// Print JSON instead of text (one question).
     #[arg(long)]
     json: bool,
+    /// With --jsonl: print where the time went (tokenize + windows, forward, spans) on stderr.
+    #[arg(long, requires = "jsonl")]
+    timings: bool,
     /// Where the model runs: cpu, cuda or cuda:N (cuda needs the CUDA build: make build-cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -84,6 +92,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         stride: cli.stride,
         max_answer_length: cli.max_answer_length,
         top_k: cli.top_k.max(1),
+        handle_impossible_answer: cli.handle_impossible_answer,
     };
     let device = qa_model::checkpoint::device(&cli.device)?;
     let inferencer = Inferencer::load(&cli.model, settings, device)?;
@@ -94,7 +103,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         );
     }
     if let Some(input) = &cli.jsonl {
-        return run_jsonl(&inferencer, input, settings.top_k);
+        return run_jsonl(&inferencer, input, settings.top_k, cli.timings);
     }
     let question = cli.question.expect("clap requires --question");
     let context = match (&cli.context, &cli.context_file) {
@@ -123,7 +132,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_jsonl(inferencer: &Inferencer, input: &str, top_k: usize) -> Result<ExitCode> {
+/// Time spent in each step of an answer (`--timings`).
+#[derive(Default)]
+struct Timings {
+    prepare: Duration,
+    forward: Duration,
+    spans: Duration,
+    answered: u32,
+}
+
+impl Timings {
+    fn answer(&mut self, inferencer: &Inferencer, q: &Query) -> Result<Vec<Answer>> {
+        let t = Instant::now();
+        let prepared = inferencer.prepare(&q.question, &q.context, inferencer.settings)?;
+        let windows: Vec<&Feature> = prepared.windows.iter().collect();
+        let t2 = Instant::now();
+        let logits = inferencer.logits(&windows)?;
+        let t3 = Instant::now();
+        let answers = prepared.answers(&logits);
+        (self.prepare, self.forward) = (self.prepare + (t2 - t), self.forward + (t3 - t2));
+        self.spans += t3.elapsed();
+        self.answered += 1;
+        Ok(answers)
+    }
+
+    fn report(&self) {
+        let n = self.answered.max(1);
+        let ms = |d: Duration| d.as_secs_f64() * 1e3 / f64::from(n);
+        eprintln!(
+            "qa-infer: per question ({} answered): tokenize + windows {:.3} ms, forward {:.3} ms, spans {:.3} ms",
+            self.answered,
+            ms(self.prepare),
+            ms(self.forward),
+            ms(self.spans)
+        );
+    }
+}
+
+fn run_jsonl(
+    inferencer: &Inferencer,
+    input: &str,
+    top_k: usize,
+    timings: bool,
+) -> Result<ExitCode> {
+    let mut spent = Timings::default();
     let reader: Box<dyn BufRead> = if input == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -143,7 +195,7 @@ fn run_jsonl(inferencer: &Inferencer, input: &str, top_k: usize) -> Result<ExitC
         let result = serde_json::from_str::<Query>(&line)
             .map_err(|e| anyhow::anyhow!("invalid JSON line: {e}"))
             .and_then(|q| {
-                let answers = inferencer.answer(&q.question, &q.context)?;
+                let answers = spent.answer(inferencer, &q)?;
                 Ok(answer_json(&q.id, &answers, top_k))
             });
         let value = match result {
@@ -159,6 +211,9 @@ fn run_jsonl(inferencer: &Inferencer, input: &str, top_k: usize) -> Result<ExitC
             }
         };
         writeln!(out, "{value}")?;
+    }
+    if timings {
+        spent.report();
     }
     if failed > 0 {
         eprintln!("qa-infer: {failed} line(s) of {input} failed");
