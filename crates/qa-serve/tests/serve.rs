@@ -273,13 +273,21 @@ fn a_list_of_inputs_gets_a_list_of_answers_and_top_k_lists() {
     let (status, answers) = server.answer(&list);
     assert_eq!(status, 200, "{answers}");
     assert_eq!(answers.as_array().unwrap().len(), 2);
-    assert_eq!(answers[0], one);
+    // Batched with another window, a logit may move in its last bits.
+    assert_eq!(
+        differences(
+            &answers.as_array().unwrap()[..1],
+            std::slice::from_ref(&one),
+            1e-5
+        ),
+        0
+    );
     let mut top3 = query("Who won Super Bowl 50?", SUPER_BOWL);
     top3["parameters"] = json!({"top_k": 3, "align_to_words": true});
     let (status, top) = server.answer(&top3);
     assert_eq!(status, 200);
     assert_eq!(top.as_array().unwrap().len(), 3);
-    assert_eq!(top[0], one);
+    assert_eq!(differences(&top.as_array().unwrap()[..1], &[one], 1e-5), 0);
     let chars: Vec<char> = SUPER_BOWL.chars().collect();
     for a in top.as_array().unwrap() {
         let (s, e) = (
@@ -304,8 +312,8 @@ fn raw(url: &str, bytes: &[u8], wait: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[test]
-fn every_limit_answers_with_its_status_and_the_server_keeps_serving() {
+/// A server with small limits and the API key `s3cret` (the key file lives in the tempdir).
+fn limited_server() -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, "s3cret\n").unwrap();
@@ -321,12 +329,20 @@ fn every_limit_answers_with_its_status_and_the_server_keeps_serving() {
         "--api-key-file",
         key_file.to_str().unwrap(),
     ]);
+    (server, dir)
+}
+
+/// The status and the `error` of a JSON error response.
+fn error((status, text, _): (u16, String, Option<String>)) -> (u16, String) {
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, v["error"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn bad_requests_get_their_4xx_and_the_server_keeps_serving() {
+    let (server, _dir) = limited_server();
     let url = format!("{}/", server.url);
     let post = |body: &str| send(&url, body, Some("s3cret"));
-    let error = |(status, text, _): (u16, String, Option<String>)| {
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-        (status, v["error"].as_str().unwrap().to_string())
-    };
     let good = query("Who won?", SUPER_BOWL).to_string();
     assert_eq!(post(&good).0, 200);
     assert_eq!(error(send(&url, &good, None)).0, 401);
@@ -337,24 +353,19 @@ fn every_limit_answers_with_its_status_and_the_server_keeps_serving() {
         status == 400 && message.starts_with("invalid JSON"),
         "{message}"
     );
-    let (status, message) = error(post(&query("Who won?", "  ").to_string()));
-    assert_eq!(
-        (status, message.as_str()),
-        (400, "inputs.context: is empty")
-    );
+    let empty = error(post(&query("Who won?", "  ").to_string()));
+    assert_eq!(empty, (400, "inputs.context: is empty".into()));
     let bad_item =
         json!({"inputs": [{"question": "a", "context": "b"}, {"question": 1, "context": "b"}]});
-    let (status, message) = error(post(&bad_item.to_string()));
+    let bad_item = error(post(&bad_item.to_string()));
     assert_eq!(
-        (status, message.as_str()),
-        (400, "inputs[1].question: must be a string")
+        bad_item,
+        (400, "inputs[1].question: must be a string".into())
     );
     let mut unknown = query("Who won?", SUPER_BOWL);
     unknown["parameters"] = json!({"temperature": 0.5});
-    assert_eq!(
-        error(post(&unknown.to_string())),
-        (400, "unknown parameter \"temperature\"".into())
-    );
+    let unknown = error(post(&unknown.to_string()));
+    assert_eq!(unknown, (400, "unknown parameter \"temperature\"".into()));
     let (status, message) = error(post(&query("Who won?", &"word ".repeat(900)).to_string()));
     assert!(
         status == 413 && message.contains("body is larger than 4000"),
@@ -367,34 +378,50 @@ fn every_limit_answers_with_its_status_and_the_server_keeps_serving() {
     );
     assert_eq!(error(get(&format!("{}/nowhere", server.url))).0, 404);
     assert_eq!(error(get(&url)).0, 405);
-    // A body that stops half way: 408.
-    let slow = raw(&server.url, b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 100\r\n\r\n{\"inp", Duration::from_secs(5));
-    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
-    // A client that sends nothing is dropped after the header timeout.
-    let started = Instant::now();
-    let idle = raw(&server.url, b"", Duration::from_secs(10));
-    assert!(started.elapsed() < Duration::from_secs(5), "{idle}");
     assert_eq!(post(&good).0, 200);
     assert_eq!(
         get(&format!("{}/metrics", server.url)).0,
         401,
         "metrics need the key too"
     );
-    let (status, metrics, _) = reply(
-        agent()
-            .get(&format!("{}/metrics", server.url))
-            .set("Authorization", "Bearer s3cret")
-            .call(),
-    );
+    let metrics = agent()
+        .get(&format!("{}/metrics", server.url))
+        .set("Authorization", "Bearer s3cret")
+        .call();
+    let (status, metrics, _) = reply(metrics);
     assert_eq!(status, 200);
     for name in [
         "qa_serve_requests_total{status=\"413\"} 2",
+        "qa_serve_requests_total{status=\"401\"} 3",
         "qa_serve_request_duration_seconds_bucket",
         "qa_serve_queue_windows",
         "qa_serve_request_windows_bucket",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off_and_the_server_keeps_serving() {
+    let (server, _dir) = limited_server();
+    // A body that stops half way: 408.
+    let head =
+        "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 100\r\n\r\n";
+    let slow = raw(
+        &server.url,
+        format!("{head}{{\"inp").as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
+    // A client that sends nothing is dropped after the header timeout.
+    let started = Instant::now();
+    let idle = raw(&server.url, b"", Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(5), "{idle}");
+    let good = query("Who won?", SUPER_BOWL).to_string();
+    assert_eq!(
+        send(&format!("{}/", server.url), &good, Some("s3cret")).0,
+        200
+    );
 }
 
 #[test]
