@@ -268,3 +268,9 @@ if [ -n "${MPI:-}" ] && command -v mpirun >/dev/null; then
   echo
   scripts/bench_mpi.sh "$bin" "$out" "$out/train96.features.parquet" "$train" "$model" "$( oracle && echo "$py" )"
 fi
+
+# qa-serve over loopback HTTP: warm latency, throughput at 1/8/32 clients, soak; vs PyTorch.
+dev=${DEV_JSON:-data/squad/dev-v1.1.json.gz}
+[ -e "$dev" ] || make --no-print-directory data/squad/dev-v1.1.json.gz
+echo
+scripts/bench_serve.sh "$bin" "$out" "$model" "$dev" "$( oracle && echo "$py" )"
