@@ -162,6 +162,13 @@ impl Inferencer {
         &self.checkpoint.dir
     }
 
+    /// `TOOL: warning: ...` when the checkpoint had no QA head and got a random one.
+    pub fn untrained_head_warning(&self, tool: &str, model: &str) -> Option<String> {
+        self.checkpoint.report.fresh_head.then(|| format!(
+            "{tool}: warning: {model} has no QA head (qa_outputs); using an untrained, randomly initialised one: answers are meaningless until the model is fine-tuned"
+        ))
+    }
+
     /// The `top_k` best answers, best first, with the settings the inferencer was loaded with.
     pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, InferError> {
         let prepared = self.prepare(question, context, self.settings)?;

@@ -96,11 +96,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     let device = qa_model::checkpoint::device(&cli.device)?;
     let inferencer = Inferencer::load(&cli.model, settings, device)?;
-    if inferencer.checkpoint.report.fresh_head {
-        eprintln!(
-            "qa-infer: warning: {} has no QA head (qa_outputs); using an untrained, randomly initialised one: answers are meaningless until the model is fine-tuned",
-            cli.model
-        );
+    if let Some(warning) = inferencer.untrained_head_warning("qa-infer", &cli.model) {
+        eprintln!("{warning}");
     }
     if let Some(input) = &cli.jsonl {
         return run_jsonl(&inferencer, input, settings.top_k, cli.timings);

@@ -38,10 +38,8 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let inferencer = Arc::new(Inferencer::load(model, defaults, device)?);
-        if inferencer.checkpoint.report.fresh_head {
-            squad_core::exit::say(&format!(
-                "qa-serve: warning: {model} has no QA head (qa_outputs); using an untrained, randomly initialised one: answers are meaningless until the model is fine-tuned"
-            ));
+        if let Some(warning) = inferencer.untrained_head_warning("qa-serve", model) {
+            squad_core::exit::say(&warning);
         }
         let started = Instant::now();
         inferencer.answer(WARM_UP.0, WARM_UP.1)?;
