@@ -10,7 +10,8 @@
 #   make parity      full-set feature parity with the HF oracle (needs the reference venv)
 #   make train       fine-tune: runs/<name>/model (+ metrics.jsonl, training_curve.svg, eval/epoch-N)
 #                    RESUME=1 continues a killed run from its last checkpoint; NPROC=N trains
-#                    data-parallel on N MPI processes (mpirun; batch_size is per process)
+#                    data-parallel on N MPI processes (mpirun; batch_size is per process);
+#                    PRECISION=bf16 trains and evaluates with bf16 GEMMs (AVX512-BF16 CPUs)
 #   make eval        evaluate runs/<name>/model on the dev features: runs/<name>/eval/metrics.json
 #                    and the run report runs/<name>/report.md (NPROC=N: on N MPI processes)
 #   make demo        the notebook's example question: base model vs fine-tuned
@@ -73,6 +74,10 @@ MPI_FEATURES := $(if $(MPI),--features qa-train/mpi$(comma)qa-eval/mpi,)
 NPROC ?= 1
 MPIRUN ?= mpirun $(if $(filter 0,$(shell id -u)),--allow-run-as-root,) --bind-to none
 LAUNCH := $(if $(filter-out 1,$(NPROC)),$(MPIRUN) -np $(NPROC) ,)
+# PRECISION=f32|bf16 overrides the YAML's train.precision and eval.precision (GEMM arithmetic);
+# it changes what training computes, so it is stamped like NPROC.
+PRECISION ?=
+PRECISION_FLAG := $(if $(PRECISION),--precision $(PRECISION),)
 ifneq ($(filter cuda%,$(DEVICE)),)
 BIN   := $(TARGET)/cuda/release
 BUILD := CUDA_TARGET_DIR=$(TARGET)/cuda scripts/build_cuda.sh
@@ -112,10 +117,12 @@ $(STAMP_TOOL): $(CORE_SOURCES) $(call crate_sources,pipeline-stamp)
 	$(CARGO) build --release --locked --bin pipeline-stamp $(MPI_FEATURES)
 
 # Beside them, train-nproc.sha256 stamps the process count (NPROC), rewritten only when it
-# changes: training on another count is another global batch.
+# changes: training on another count is another global batch; precision.sha256 stamps
+# PRECISION the same way.
 $(STAMPS)/config.mk: FORCE | $(PIPELINE_STAMP)
 	@$(PIPELINE_STAMP) --config $(CONFIG) --stamps $(STAMPS)
 	@echo "nproc $(NPROC)" | sha256sum | cmp -s - $(STAMPS)/train-nproc.sha256 || echo "nproc $(NPROC)" | sha256sum > $(STAMPS)/train-nproc.sha256
+	@echo "precision $(PRECISION)" | sha256sum | cmp -s - $(STAMPS)/precision.sha256 || echo "precision $(PRECISION)" | sha256sum > $(STAMPS)/precision.sha256
 
 FORCE:
 
@@ -184,10 +191,10 @@ train: $(RUN)/model/model.safetensors
 # The per-epoch evaluation inside training uses the eval section as it was then (saved in
 # the run's config.yaml); an `eval:` edit alone re-evaluates the final model, not retrains.
 $(RUN)/model/model.safetensors: $(RUN)/train.features.parquet $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet \
-  $(call stamp,model) $(call stamp,train) $(call stamp,train-nproc) $(BASE_MODEL_DEP) | $(BIN)/qa-train
+  $(call stamp,model) $(call stamp,train) $(call stamp,train-nproc) $(call stamp,precision) $(BASE_MODEL_DEP) | $(BIN)/qa-train
 	scripts/timed.sh $(RUN)/timings.tsv train -- $(LAUNCH)$(BIN)/qa-train --config $(CONFIG) --features $< --output $(RUN) --device $(DEVICE) \
 	  --eval-features $(RUN)/dev.features.parquet --eval-examples $(RUN)/dev.examples.parquet \
-	  $(if $(RESUME),--resume,--overwrite)
+	  $(PRECISION_FLAG) $(if $(RESUME),--resume,--overwrite)
 
 eval: $(RUN)/report.md
 	@echo "predictions: $(RUN)/eval/predictions.json  metrics: $(RUN)/eval/metrics.json  report: $<"
@@ -195,9 +202,9 @@ eval: $(RUN)/report.md
 $(RUN)/report.md: $(RUN)/eval/metrics.json scripts/report.py
 	python3 scripts/report.py $(RUN) >/dev/null
 
-$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(call stamp,eval) | $(BIN)/qa-eval
+$(RUN)/eval/metrics.json: $(RUN)/model/model.safetensors $(RUN)/dev.features.parquet $(RUN)/dev.examples.parquet $(call stamp,eval) $(call stamp,precision) | $(BIN)/qa-eval
 	scripts/timed.sh $(RUN)/timings.tsv eval -- $(LAUNCH)$(BIN)/qa-eval --config $(CONFIG) --model $(RUN)/model --features $(RUN)/dev.features.parquet \
-	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval --device $(DEVICE)
+	  --examples $(RUN)/dev.examples.parquet --output $(RUN)/eval --device $(DEVICE) $(PRECISION_FLAG)
 
 # The notebook's "test inference before fine-tuning" step, and the same question after it.
 DEMO_Q := Which NFL team represented the AFC at Super Bowl 50?

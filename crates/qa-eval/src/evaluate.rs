@@ -69,6 +69,8 @@ pub struct EvalInputs<'a> {
     /// Evaluate only the examples whose position mod N == I (and their features).
     pub shard: Option<Shard>,
     pub device: Device,
+    /// The GEMMs' arithmetic.
+    pub precision: squad_core::Precision,
 }
 
 #[derive(Debug, Serialize)]
@@ -383,7 +385,7 @@ pub fn evaluate(
     let writer = comm.rank() == 0;
     let loaded = (|| {
         let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
-        let ck = Checkpoint::load(inputs.model, 0, &RunPlan::inference(inputs.device.clone()))?;
+        let ck = Checkpoint::load(inputs.model, 0, &RunPlan::inference(inputs.device.clone(), inputs.precision))?;
         set.check_tokenizer(&ck.dir)?;
         Ok((set, ck))
     })();

@@ -56,6 +56,10 @@ struct EvalArgs {
     /// merge the shards' predictions with `qa-eval score`.
     #[arg(long, value_name = "I/N")]
     shard: Option<Shard>,
+    /// GEMM arithmetic: f32, or bf16 (inputs rounded to bf16, f32 sums; CPUs with
+    /// AVX512-BF16) [config eval.precision; default f32].
+    #[arg(long)]
+    precision: Option<squad_core::Precision>,
     /// Where the model runs: cpu, cuda or cuda:N [default: the config's device, cpu].
     #[arg(long)]
     device: Option<String>,
@@ -192,6 +196,7 @@ fn run_eval(args: EvalArgs, comm: &dyn Collective) -> anyhow::Result<()> {
         .null_score_diff_threshold
         .unwrap_or(e.null_score_diff_threshold);
     e.batch_size = args.batch_size.unwrap_or(e.batch_size);
+    e.precision = args.precision.unwrap_or(e.precision);
     if let Some(d) = args.device {
         config.device = d;
     }
@@ -213,6 +218,7 @@ fn run_eval(args: EvalArgs, comm: &dyn Collective) -> anyhow::Result<()> {
         progress: !args.quiet,
         shard: args.shard,
         device,
+        precision: e.precision,
     };
     let Some(report) = evaluate(&inputs, &output, comm)? else {
         return Ok(());

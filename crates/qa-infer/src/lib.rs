@@ -138,9 +138,11 @@ pub struct Inferencer {
 }
 
 impl Inferencer {
-    /// Loads the checkpoint and its tokenizer (from the checkpoint directory).
-    pub fn load(model: &str, settings: InferSettings, device: Device) -> Result<Self, InferError> {
-        let checkpoint = Checkpoint::load(model, 0, &RunPlan::inference(device.clone()))?;
+    /// Loads the checkpoint and its tokenizer (from the checkpoint directory), to run as
+    /// `plan` says (an inference plan: its device and precision).
+    pub fn load(model: &str, settings: InferSettings, plan: &RunPlan) -> Result<Self, InferError> {
+        let checkpoint = Checkpoint::load(model, 0, plan)?;
+        let device = plan.device.clone();
         let tokenizer = QaTokenizer::load(&checkpoint.dir)?;
         let vocab = tokenizer.tokenizer.get_vocab_size(true);
         if vocab != checkpoint.config.vocab_size {

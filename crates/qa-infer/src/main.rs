@@ -8,7 +8,8 @@ use clap::Parser;
 use qa_infer::{Answer, InferSettings, Inferencer};
 use serde::Deserialize;
 use squad_core::exit::finish;
-use squad_core::Feature;
+use qa_model::RunPlan;
+use squad_core::{Feature, Precision};
 
 /// Answer questions with a BERT QA checkpoint (a local directory or a Hugging Face hub id).
 ///
@@ -55,6 +56,10 @@ struct Cli {
     /// Where the model runs: cpu, cuda or cuda:N (cuda needs the CUDA build: make build-cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// GEMM arithmetic: f32, or bf16 (inputs rounded to bf16, f32 sums; CPUs with
+    /// AVX512-BF16).
+    #[arg(long, default_value_t = Precision::F32)]
+    precision: Precision,
 }
 
 #[derive(Deserialize)]
@@ -95,7 +100,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         handle_impossible_answer: cli.handle_impossible_answer,
     };
     let device = qa_model::checkpoint::device(&cli.device)?;
-    let inferencer = Inferencer::load(&cli.model, settings, device)?;
+    let plan = RunPlan::inference(device, cli.precision);
+    let inferencer = Inferencer::load(&cli.model, settings, &plan)?;
     if let Some(warning) = inferencer.untrained_head_warning("qa-infer", &cli.model) {
         eprintln!("{warning}");
     }

@@ -17,10 +17,11 @@
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, DisjointWrites};
+use crate::matmul::{Gemm, Mat, Threads};
+use crate::precision::Precision;
 use crate::dropout::{MaskLayout, PhiloxDropout, Runs};
 
 /// Additive attention mask `[batch, 1, 1, len]` from a 0/1 mask `[batch, len]`: 0 where
@@ -69,6 +70,8 @@ pub struct AttentionCore {
     pub mask: Arc<[f32]>,
     /// Dropout on the probabilities (training).
     pub dropout: Option<PhiloxDropout>,
+    /// The arithmetic of its per-head GEMMs.
+    pub precision: Precision,
     /// The forward pass's dropout mask, one bit per probability, for backward (1.8 MB per
     /// MiniLM layer at 8 x 384, where redrawing it from Philox cost ~5% of a step).
     kept: OnceLock<Vec<u64>>,
@@ -125,66 +128,6 @@ impl Geometry {
     }
 }
 
-/// A strided matrix: element (r, c) at `ptr + r * rs + c * cs`.
-#[derive(Debug, Clone, Copy)]
-struct View {
-    ptr: *const f32,
-    rs: isize,
-    cs: isize,
-}
-
-impl View {
-    fn rows(ptr: *const f32, rs: usize) -> Self {
-        View {
-            ptr,
-            rs: rs as isize,
-            cs: 1,
-        }
-    }
-
-    fn t(self) -> Self {
-        View {
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-}
-
-/// `dst[m, n] = lhs[m, k] · rhs[k, n]` (overwriting `dst`, rows `dst_rs` apart), on this
-/// thread: the caller runs one per task in parallel.
-///
-/// # Safety
-/// The views must cover `m x k` and `k x n` readable elements, `dst` `m x n` writable ones
-/// that no other thread touches meanwhile.
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, lhs: View, rhs: View) {
-    // SAFETY: the caller guarantees the extents (this function's contract); beta = 1 and
-    // `read_dst` false overwrite `dst`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs as isize,
-            false,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 /// Bit i of `bits` set where multiplier i is not 0.
 fn pack_bits(multipliers: &[f32], bits: &mut [u64]) {
     for (word, chunk) in bits.iter_mut().zip(multipliers.chunks(64)) {
@@ -205,13 +148,29 @@ fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
 }
 
 impl AttentionCore {
-    pub fn new(heads: usize, mask: Arc<[f32]>, dropout: Option<PhiloxDropout>) -> Self {
+    pub fn new(heads: usize, mask: Arc<[f32]>, dropout: Option<PhiloxDropout>, precision: Precision) -> Self {
         AttentionCore {
             heads,
             mask,
             dropout,
+            precision,
             kept: OnceLock::new(),
         }
+    }
+
+    /// `dst[m, n]` (rows `dst_rs` apart) = `lhs · rhs` on this thread, in the op's precision:
+    /// each (batch row, head) is its own parallel task.
+    ///
+    /// # Safety
+    /// As `Gemm::run`'s.
+    unsafe fn matmul(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+        let gemm = Gemm {
+            precision: self.precision,
+            threads: Threads::One,
+            accumulate: false,
+        };
+        // SAFETY: the caller's contract.
+        unsafe { gemm.run((m, n, k), dst, dst_rs, lhs, rhs) }
     }
 
     /// The context for `qkv` (differentiable).
@@ -263,11 +222,11 @@ impl AttentionCore {
         let (probs, multipliers) = scratch.split_at_mut(l * l);
         let [q, k, v] = g
             .qkv_offsets(unit)
-            .map(|o| View::rows(qkv[o..].as_ptr(), 3 * g.hidden));
+            .map(|o| Mat::rows(qkv[o..].as_ptr(), 3 * g.hidden));
         // SAFETY: the views lie inside `qkv`, `probs` is this task's; the context columns of
         // `unit` are written by this task only.
         unsafe {
-            matmul(l, l, d, probs.as_mut_ptr(), l, q, k.t());
+            self.matmul((l, l, d), probs.as_mut_ptr(), l, q, k.t());
             self.probabilities(g, unit, probs);
             if self.fill_multipliers(g, unit, multipliers) {
                 probs
@@ -277,7 +236,7 @@ impl AttentionCore {
                 pack_bits(multipliers, kept);
             }
             let dst = out.0.add(g.context_offset(unit));
-            matmul(l, d, l, dst, g.hidden, View::rows(probs.as_ptr(), l), v);
+            self.matmul((l, d, l), dst, g.hidden, Mat::rows(probs.as_ptr(), l), v);
         }
     }
 }
@@ -339,13 +298,13 @@ impl AttentionCoreGrad {
         let (probs, rest) = scratch.split_at_mut(l * l);
         let (work, multipliers) = rest.split_at_mut(l * l);
         let offsets = g.qkv_offsets(unit);
-        let [q, k, v] = offsets.map(|o| View::rows(qkv[o..].as_ptr(), w));
-        let dctx = View::rows(grad[g.context_offset(unit)..].as_ptr(), g.hidden);
+        let [q, k, v] = offsets.map(|o| Mat::rows(qkv[o..].as_ptr(), w));
+        let dctx = Mat::rows(grad[g.context_offset(unit)..].as_ptr(), g.hidden);
         let scale = (1.0 / (d as f64).sqrt()) as f32;
         // SAFETY: as in `forward_unit`; `dst(i)` is this unit's Q/K/V columns of the output.
         unsafe {
             let dst = |i: usize| out.0.add(offsets[i]);
-            matmul(l, l, d, probs.as_mut_ptr(), l, q, k.t());
+            op.matmul((l, l, d), probs.as_mut_ptr(), l, q, k.t());
             op.probabilities(g, unit, probs);
             let dropout = op.fill_multipliers(g, unit, multipliers);
             // dV = dropout(P)^T · dContext
@@ -353,13 +312,13 @@ impl AttentionCoreGrad {
                 for ((o, p), m) in work.iter_mut().zip(&*probs).zip(&*multipliers) {
                     *o = p * m;
                 }
-                View::rows(work.as_ptr(), l)
+                Mat::rows(work.as_ptr(), l)
             } else {
-                View::rows(probs.as_ptr(), l)
+                Mat::rows(probs.as_ptr(), l)
             };
-            matmul(l, d, l, dst(2), w, dropped.t(), dctx);
+            op.matmul((l, d, l), dst(2), w, dropped.t(), dctx);
             // dP = (dContext · V^T) ∘ mask; dS = P ∘ (dP - rowsum(P ∘ dP)) * scale
-            matmul(l, l, d, work.as_mut_ptr(), l, dctx, v.t());
+            op.matmul((l, l, d), work.as_mut_ptr(), l, dctx, v.t());
             if dropout {
                 work.iter_mut()
                     .zip(&*multipliers)
@@ -371,9 +330,9 @@ impl AttentionCoreGrad {
                     *x = y * (*x - dot) * scale;
                 }
             }
-            let ds = View::rows(work.as_ptr(), l);
-            matmul(l, d, l, dst(0), w, ds, k); // dQ = dS · K
-            matmul(l, d, l, dst(1), w, ds.t(), q); // dK = dS^T · Q
+            let ds = Mat::rows(work.as_ptr(), l);
+            op.matmul((l, d, l), dst(0), w, ds, k); // dQ = dS · K
+            op.matmul((l, d, l), dst(1), w, ds.t(), q); // dK = dS^T · Q
         }
     }
 }
@@ -443,7 +402,7 @@ mod tests {
                 layout: MaskLayout::Rows,
             }),
         ] {
-            let op = AttentionCore::new(heads, host.clone().into(), dropout);
+            let op = AttentionCore::new(heads, host.clone().into(), dropout, Precision::F32);
             let fused = op.forward(qkv.as_tensor()).unwrap();
             let reference = reference(qkv.as_tensor(), &op, &mask);
             assert!(max_diff(&fused, &reference) < 1e-5, "forward {dropout:?}");
@@ -480,7 +439,7 @@ mod tests {
         let xs = values(b * l * w, 0.7);
         let probe = Tensor::from_vec(values(b * l * heads * d, 2.1), (b, l, heads * d), &dev);
         let probe = probe.unwrap();
-        let op = AttentionCore::new(heads, vec![0.0; b * l].into(), None);
+        let op = AttentionCore::new(heads, vec![0.0; b * l].into(), None, Precision::F32);
         let loss = |v: &[f32]| -> f32 {
             let x = Tensor::from_vec(v.to_vec(), (b, l, w), &dev).unwrap();
             let y = op.forward(&x).unwrap();
@@ -495,5 +454,34 @@ mod tests {
         let y = op.forward(x.as_tensor()).unwrap();
         let analytic = flat(probe_grads(&y, &probe).get(x.as_tensor()).unwrap());
         assert_finite_differences(loss, &xs, &analytic, 1e-2, 1e-2);
+    }
+
+    /// In bf16 (every per-head GEMM's inputs rounded) forward and gradient stay within
+    /// bf16's relative precision (2^-8, a few roundings deep) of the f32 op's, with dropout.
+    #[test]
+    fn bf16_attention_stays_within_bf16_rounding_of_f32() {
+        if !crate::precision::bf16_gemm_supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 GEMM kernel cannot run)");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (b, l, heads, d) = (2, 45, 2, 32);
+        let w = 3 * heads * d;
+        let qkv = Var::from_vec(values(b * l * w, 0.4), (b, l, w), &dev).unwrap();
+        let probe = Tensor::from_vec(values(b * l * heads * d, 1.9), (b, l, heads * d), &dev);
+        let probe = probe.unwrap();
+        let mask: Vec<f32> = (0..b * l).map(|i| if i % l < 40 { 0.0 } else { f32::MIN }).collect();
+        let dropout = PhiloxDropout { seed: 5, stream: 1, p: 0.1, first_row: 0, layout: MaskLayout::Rows };
+        let run = |precision| {
+            let op = AttentionCore::new(heads, mask.clone().into(), Some(dropout), precision);
+            let y = op.forward(qkv.as_tensor()).unwrap();
+            let g = probe_grads(&y, &probe).get(qkv.as_tensor()).unwrap().clone();
+            (y, g)
+        };
+        let ((y32, g32), (y16, g16)) = (run(Precision::F32), run(Precision::Bf16));
+        let scale = |t: &Tensor| t.abs().unwrap().max_keepdim(0).unwrap().max_keepdim(1).unwrap().max_keepdim(2).unwrap().to_vec3::<f32>().unwrap()[0][0][0];
+        let (dy, dg) = (max_diff(&y16, &y32) / scale(&y32), max_diff(&g16, &g32) / scale(&g32));
+        assert!(dy < 0.03 && dg < 0.03, "relative differences: forward {dy}, gradient {dg}");
+        assert!(dy > 0.0 && dg > 0.0, "bf16 rounded nothing");
     }
 }

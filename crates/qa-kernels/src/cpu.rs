@@ -1,5 +1,5 @@
 //! What the CPU kernels share: f32 views of candle storage, fixed row ranges for
-//! deterministic partial sums, gemm's parallelism, and a pointer tasks write disjoint parts
+//! deterministic partial sums, and a pointer tasks write disjoint parts
 //! through.
 
 use candle_core::{CpuStorage, Layout, Result};
@@ -32,14 +32,6 @@ pub fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a
 /// The size of the last dimension (1 for a scalar).
 pub fn last_dim(l: &Layout) -> usize {
     l.shape().dims().last().copied().unwrap_or(1).max(1)
-}
-
-/// gemm's parallelism for a large product: candle's thread count.
-pub fn gemm_parallelism() -> gemm::Parallelism {
-    match candle_core::utils::get_num_threads() {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
-    }
 }
 
 /// An output buffer that parallel tasks write disjoint parts of.

@@ -4,15 +4,18 @@
 //! (one-thread) path, and the bias gradient is a strided one-thread reduction. Here the
 //! output is filled with the bias and the GEMM accumulates onto it; backward gives `dW` in
 //! `W`'s own layout from one GEMM, `dx` from another, `db` from parallel fixed-range sums.
+//! All three GEMMs run in the op's `Precision`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, gemm_parallelism, last_dim, part_rows, PARTS};
+use crate::cpu::{contiguous_f32, last_dim, part_rows, PARTS};
+use crate::matmul::{Gemm, Mat, Threads};
+use crate::precision::Precision;
 
-/// `x [rows, in] W^T + b` as one differentiable op (CPU tensors).
-pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(weight, bias, DenseOp)
+/// `x [rows, in] W^T + b` as one differentiable op (CPU tensors), its GEMMs in `precision`.
+pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor, precision: Precision) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight, bias, DenseOp { precision })
 }
 
 /// The same from candle ops: the reference, and what runs on a GPU.
@@ -22,7 +25,9 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// `(x [rows, in], weight [out, in], bias [out])` → `[rows, out]`.
 #[derive(Debug, Clone, Copy)]
-pub struct DenseOp;
+pub struct DenseOp {
+    pub precision: Precision,
+}
 
 impl CustomOp3 for DenseOp {
     fn name(&self) -> &'static str {
@@ -56,29 +61,15 @@ impl CustomOp3 for DenseOp {
         for _ in 0..rows {
             y.extend_from_slice(b);
         }
+        let gemm = Gemm {
+            precision: self.precision,
+            threads: Threads::All,
+            accumulate: true,
+        };
         // SAFETY: x is rows x k, W (read as W^T, k x n) n x k, y rows x n, all contiguous.
         unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm_parallelism(),
-            );
+            let (lhs, rhs) = (Mat::rows(x.as_ptr(), k), Mat::rows(w.as_ptr(), k).t());
+            gemm.run((rows, n, k), y.as_mut_ptr(), n, lhs, rhs);
         }
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
@@ -93,10 +84,61 @@ impl CustomOp3 for DenseOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (x, weight) = (x.detach(), weight.detach());
-        let dx = grad.matmul(&weight)?;
-        let dw = grad.t()?.matmul(&x)?;
+        let product = |transpose_lhs| Product {
+            precision: self.precision,
+            transpose_lhs,
+        };
+        let dx = grad.apply_op2_no_bwd(&weight, &product(false))?;
+        let dw = grad.apply_op2_no_bwd(&x, &product(true))?;
         let db = grad.apply_op1_no_bwd(&ColumnPartialSums)?.sum(0)?;
         Ok((Some(dx), Some(dw), Some(db.reshape(bias.shape())?)))
+    }
+}
+
+/// `lhs · rhs` of two contiguous matrices (`lhs^T · rhs` when `transpose_lhs`), on all
+/// threads in `precision`: the dense layer's backward products.
+#[derive(Debug, Clone, Copy)]
+pub struct Product {
+    pub precision: Precision,
+    pub transpose_lhs: bool,
+}
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "product"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let a = contiguous_f32(s1, l1, self.name())?;
+        let b = contiguous_f32(s2, l2, self.name())?;
+        let (a_rows, a_cols) = l1.shape().dims2()?;
+        let (k, n) = l2.shape().dims2()?;
+        let mut lhs = Mat::rows(a.as_ptr(), a_cols);
+        let m = match self.transpose_lhs {
+            true => {
+                lhs = lhs.t();
+                a_cols
+            }
+            false => a_rows,
+        };
+        if (if self.transpose_lhs { a_rows } else { a_cols }) != k {
+            candle_core::bail!("product: {:?} and {:?} (transpose {})", l1.dims(), l2.dims(), self.transpose_lhs);
+        }
+        let mut out = vec![0f32; m * n];
+        let gemm = Gemm {
+            precision: self.precision,
+            threads: Threads::All,
+            accumulate: false,
+        };
+        // SAFETY: lhs is m x k, rhs k x n, out m x n, all inside their buffers.
+        unsafe { gemm.run((m, n, k), out.as_mut_ptr(), n, lhs, Mat::rows(b.as_ptr(), n)) };
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
@@ -145,8 +187,33 @@ mod tests {
         let b = Var::from_vec(values(n, 2.3), n, &dev).unwrap();
         let probe = Tensor::from_vec(values(rows * n, 3.4), (rows, n), &dev).unwrap();
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-        let (y, reference) = (fused(xt, wt, bt).unwrap(), composed(xt, wt, bt).unwrap());
+        let y = fused(xt, wt, bt, Precision::F32).unwrap();
+        let reference = composed(xt, wt, bt).unwrap();
         assert!(max_diff(&y, &reference) < 1e-5);
+        let (g, r) = (probe_grads(&y, &probe), probe_grads(&reference, &probe));
+        assert_grads_close(&g, &r, &[("x", &x), ("weight", &w), ("bias", &b)], 1e-4);
+    }
+
+    /// In bf16 the output is the composed one of bf16-rounded inputs (up to f32 summation),
+    /// and each gradient the composed one within bf16's rounding of its two GEMM inputs.
+    #[test]
+    fn bf16_dense_matches_the_composed_version_of_rounded_inputs() {
+        if !crate::precision::bf16_gemm_supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 GEMM kernel cannot run)");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (rows, k, n) = (67, 29, 41);
+        let rounded = |v: Vec<f32>| v.into_iter().map(crate::bf16::round).collect::<Vec<_>>();
+        let x = Var::from_vec(rounded(values(rows * k, 0.1)), (rows, k), &dev).unwrap();
+        let w = Var::from_vec(rounded(values(n * k, 1.2)), (n, k), &dev).unwrap();
+        let b = Var::from_vec(values(n, 2.3), n, &dev).unwrap();
+        let probe = Tensor::from_vec(rounded(values(rows * n, 3.4)), (rows, n), &dev).unwrap();
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let y = fused(xt, wt, bt, Precision::Bf16).unwrap();
+        let reference = composed(xt, wt, bt).unwrap();
+        assert!(max_diff(&y, &reference) < 1e-5);
+        // The probe is bf16 already; the upstream gradient of a sum-of-products is exactly it.
         let (g, r) = (probe_grads(&y, &probe), probe_grads(&reference, &probe));
         assert_grads_close(&g, &r, &[("x", &x), ("weight", &w), ("bias", &b)], 1e-4);
     }

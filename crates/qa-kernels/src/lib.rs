@@ -8,6 +8,9 @@
 //! layer and GELU make many passes over the activations (and on a GPU, many launches).
 
 pub mod attention;
+pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+mod bf16_gemm;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -15,10 +18,15 @@ pub mod dense;
 pub mod dropout;
 pub mod gelu;
 pub mod layer_norm;
+pub mod matmul;
+pub mod precision;
 pub mod softmax;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vmath;
+
+pub use matmul::{Gemm, Mat, Threads};
+pub use precision::Precision;
 
 #[cfg(feature = "cuda")]
 pub mod adamw;

@@ -38,6 +38,7 @@ struct SelfAttention {
     norm: LayerNorm,
     heads: usize,
     core: Kernel,
+    precision: qa_kernels::Precision,
     /// The softmax of the composed core.
     softmax: Kernel,
     attention_dropout: f64,
@@ -78,6 +79,7 @@ impl Builder<'_> {
             weight: self.tensor(&format!("{prefix}.weight"))?,
             bias: self.tensor(&format!("{prefix}.bias"))?,
             kernel: self.plan.dense,
+            precision: self.plan.precision(),
         })
     }
 
@@ -117,6 +119,7 @@ impl Builder<'_> {
                 norm: self.layer_norm(&n.attention_norm)?,
                 heads: c.num_attention_heads,
                 core: self.plan.attention,
+                precision: self.plan.precision(),
                 softmax: self.plan.norm,
                 attention_dropout: c.attention_probs_dropout_prob,
                 hidden_dropout: c.hidden_dropout_prob,
@@ -132,8 +135,9 @@ impl Builder<'_> {
 
 impl BertForQuestionAnswering {
     /// Builds the model over `params` (every tensor of `schema::parameter_shapes`, checked),
-    /// running as `plan` says.
+    /// running as `plan` says (where it can run: `RunPlan::check`).
     pub fn new(config: BertConfig, params: &Params, plan: &RunPlan) -> Result<Self> {
+        plan.check().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         params.check(&config)?;
         let b = Builder {
             params,
@@ -224,7 +228,7 @@ impl SelfAttention {
             .and_then(|rng| rng.next(self.attention_dropout));
         let context = match mask {
             AttentionMask::Host(host) => {
-                let core = AttentionCore::new(self.heads, host.clone(), probs_dropout);
+                let core = AttentionCore::new(self.heads, host.clone(), probs_dropout, self.precision);
                 match self.core {
                     Kernel::FusedForwardOnly => qkv.apply_op1_no_bwd(&core)?,
                     _ => core.forward(&qkv)?,

@@ -19,6 +19,11 @@ pub enum ModelError {
     Checkpoint { path: PathBuf, message: String },
     #[error("device {name:?}: {message}")]
     Device { name: String, message: String },
+    #[error("{message}")]
+    Precision {
+        precision: qa_kernels::Precision,
+        message: String,
+    },
     #[error("model {name:?}: {message}")]
     Resolve { name: String, message: String },
     #[error(transparent)]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
-use qa_kernels::{attention, dense, gelu, layer_norm, softmax};
+use qa_kernels::{attention, dense, gelu, layer_norm, softmax, Precision};
 
 use crate::plan::Kernel;
 
@@ -18,6 +18,8 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
     pub kernel: Kernel,
+    /// The GEMMs' arithmetic (the fused kernel's; the composed one is f32).
+    pub precision: Precision,
 }
 
 impl Linear {
@@ -27,7 +29,9 @@ impl Linear {
         let rows = x.elem_count() / in_dim.max(1);
         let x = x.reshape((rows, in_dim))?;
         let y = match self.kernel {
-            Kernel::Fused | Kernel::FusedForwardOnly => dense::fused(&x, &self.weight, &self.bias)?,
+            Kernel::Fused | Kernel::FusedForwardOnly => {
+                dense::fused(&x, &self.weight, &self.bias, self.precision)?
+            }
             Kernel::Composed | Kernel::CandleForwardOnly => {
                 dense::composed(&x, &self.weight, &self.bias)?
             }

@@ -4,6 +4,9 @@
 //! else must agree with it (the optimizer, batching); nothing below asks the device again.
 
 use candle_core::Device;
+use qa_kernels::Precision;
+
+use crate::error::{ModelError, Result};
 
 /// Whether a backward pass follows the forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,9 @@ pub struct RunOptions {
     /// Clip and step AdamW on a GPU with the fused kernels (three launches per step); off: one
     /// set of tensor ops per parameter (for comparisons).
     pub fused_cuda_adamw: bool,
+    /// The arithmetic of every GEMM (forward and backward): f32, or bf16 inputs with f32
+    /// sums on a CPU with AVX512-BF16.
+    pub precision: Precision,
 }
 
 impl Default for RunOptions {
@@ -41,6 +47,7 @@ impl Default for RunOptions {
         RunOptions {
             fused_cuda_norm: false,
             fused_cuda_adamw: true,
+            precision: Precision::F32,
         }
     }
 }
@@ -94,14 +101,35 @@ impl RunPlan {
         RunPlan::new(Device::Cpu, Mode::Train, RunOptions::default())
     }
 
-    /// Inference on `device` (evaluation, answering): no user option changes it.
-    pub fn inference(device: Device) -> Self {
-        RunPlan::new(device, Mode::Inference, RunOptions::default())
+    /// Inference on `device` (evaluation, answering) in `precision`: no other user option
+    /// changes it.
+    pub fn inference(device: Device, precision: Precision) -> Self {
+        let options = RunOptions {
+            precision,
+            ..RunOptions::default()
+        };
+        RunPlan::new(device, Mode::Inference, options)
     }
 
     /// Inference on the CPU.
     pub fn cpu_inference() -> Self {
-        RunPlan::inference(Device::Cpu)
+        RunPlan::inference(Device::Cpu, Precision::F32)
+    }
+
+    /// The GEMMs' arithmetic.
+    pub fn precision(&self) -> Precision {
+        self.options.precision
+    }
+
+    /// Whether this plan can run here: bf16 GEMMs are our CPU kernels, on a CPU with
+    /// AVX512-BF16 (the error is the one line a user sees).
+    pub fn check(&self) -> Result<()> {
+        let precision = self.precision();
+        let unsupported = |message: String| ModelError::Precision { precision, message };
+        if precision == Precision::Bf16 && !self.device.is_cpu() {
+            return Err(unsupported("precision bf16 runs on the CPU only (our AVX512-BF16 GEMMs); use --precision f32 on a GPU".into()));
+        }
+        precision.require_supported().map_err(|e| unsupported(e.to_string()))
     }
 
     /// The same device and options in another mode (the evaluation inside a training run).
@@ -131,5 +159,16 @@ mod tests {
         assert_eq!(infer.attention, Kernel::FusedForwardOnly);
         assert_eq!(infer.dense, Kernel::Fused);
         assert!(!train.fused_cuda_adamw(), "no GPU, no CUDA kernels");
+        assert_eq!(train.precision(), Precision::F32, "f32 unless asked");
+        assert!(train.check().is_ok());
+    }
+
+    #[test]
+    fn bf16_is_checked_against_the_cpu() {
+        let plan = RunPlan::inference(Device::Cpu, Precision::Bf16);
+        assert_eq!(plan.check().is_ok(), qa_kernels::precision::bf16_gemm_supported());
+        if let Err(e) = plan.check() {
+            assert!(e.to_string().contains("AVX512-BF16"), "{e}");
+        }
     }
 }

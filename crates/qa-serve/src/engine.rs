@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
+use qa_model::RunPlan;
 use qa_infer::{InferSettings, Inferencer, Prepared};
 
 use crate::api::ApiRequest;
@@ -33,11 +33,11 @@ impl Engine {
     pub fn load(
         model: &str,
         defaults: InferSettings,
-        device: Device,
+        plan: &RunPlan,
         limits: BatchLimits,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let inferencer = Arc::new(Inferencer::load(model, defaults, device)?);
+        let inferencer = Arc::new(Inferencer::load(model, defaults, plan)?);
         if let Some(warning) = inferencer.untrained_head_warning("qa-serve", model) {
             squad_core::exit::say(&warning);
         }

@@ -9,7 +9,8 @@ use qa_infer::InferSettings;
 use qa_serve::metrics::Metrics;
 use qa_serve::{BatchLimits, Engine, ServeConfig};
 use squad_core::exit::{finish, say};
-use squad_core::PipelineConfig;
+use qa_model::RunPlan;
+use squad_core::{PipelineConfig, Precision};
 
 /// Serve a BERT QA checkpoint over HTTP, in the Hugging Face inference API's shape:
 /// `POST /` (or `/v1/answer`) with {"inputs": {"question", "context"}, "parameters": {...}};
@@ -70,6 +71,10 @@ struct Cli {
     /// Where the model runs: cpu, cuda or cuda:N (cuda needs the CUDA build).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// GEMM arithmetic: f32, or bf16 (inputs rounded to bf16, f32 sums; CPUs with
+    /// AVX512-BF16) [default: the config's eval.precision, f32].
+    #[arg(long)]
+    precision: Option<Precision>,
 }
 
 const fn ms(d: Duration) -> u64 {
@@ -91,15 +96,17 @@ fn main() -> ExitCode {
     finish("qa-serve", runtime.block_on(run(cli)))
 }
 
-fn settings(config: Option<&PathBuf>) -> Result<InferSettings> {
+/// The answering defaults, and the precision, from the config (the flag wins).
+fn settings(config: Option<&PathBuf>, precision: Option<Precision>) -> Result<(InferSettings, Precision)> {
     let c = PipelineConfig::load_or_default(config.map(PathBuf::as_path))?;
-    Ok(InferSettings {
+    let settings = InferSettings {
         max_length: c.features.max_length,
         stride: c.features.stride,
         max_answer_length: c.eval.max_answer_length,
         top_k: 1,
         handle_impossible_answer: c.eval.version_2_with_negative,
-    })
+    };
+    Ok((settings, precision.unwrap_or(c.eval.precision)))
 }
 
 fn serve_config(cli: &Cli) -> Result<ServeConfig> {
@@ -127,7 +134,7 @@ fn serve_config(cli: &Cli) -> Result<ServeConfig> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let defaults = settings(cli.config.as_ref())?;
+    let (defaults, precision) = settings(cli.config.as_ref(), cli.precision)?;
     let config = serve_config(&cli)?;
     let limits = BatchLimits {
         max_batch: cli.max_batch.max(1),
@@ -135,6 +142,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         queue_windows: cli.queue_windows.max(1),
     };
     let device = qa_model::checkpoint::device(&cli.device)?;
+    let plan = RunPlan::inference(device, precision);
     let listener = tokio::net::TcpListener::bind(&cli.addr)
         .await
         .with_context(|| format!("listening on {}", cli.addr))?;
@@ -145,7 +153,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let model = cli.model.clone();
     let for_batcher = metrics.clone();
-    let load = move || Engine::load(&model, defaults, device, limits, for_batcher);
+    let load = move || Engine::load(&model, defaults, &plan, limits, for_batcher);
     qa_serve::serve(listener, config, metrics, load, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

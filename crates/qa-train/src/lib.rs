@@ -155,7 +155,8 @@ pub(crate) fn together<T>(
 }
 
 /// The parts of two configs that change the arithmetic of a run must agree to resume it.
-/// `batch_size` may differ when the global batch (`batch_size x world`) does not.
+/// `batch_size` may differ when the global batch (`batch_size x world`) does not, and the
+/// precision may change (with a warning: `trainer::resumed_state`).
 pub(crate) fn resume_compatible(
     (a, a_world): (&PipelineConfig, usize),
     (b, b_world): (&PipelineConfig, usize),
@@ -168,6 +169,7 @@ pub(crate) fn resume_compatible(
     t.save_steps = bt.save_steps;
     t.save_total_limit = bt.save_total_limit;
     t.logging_steps = bt.logging_steps;
+    t.precision = bt.precision;
     a.train == b.train && a.features == b.features && a.model == b.model
 }
 

@@ -109,6 +109,10 @@ struct Cli {
     /// launches per step), for comparisons.
     #[arg(long)]
     no_fused_adamw: bool,
+    /// GEMM arithmetic: f32, or bf16 (inputs rounded to bf16, f32 sums; CPUs with
+    /// AVX512-BF16) [config train.precision; default f32].
+    #[arg(long)]
+    precision: Option<squad_core::Precision>,
     /// Where to train: cpu, cuda or cuda:N [default: the config's device, cpu].
     #[arg(long)]
     device: Option<String>,
@@ -165,7 +169,8 @@ fn run(cli: Cli, comm: Comm) -> anyhow::Result<()> {
         seed,
         save_steps,
         save_total_limit,
-        logging_steps
+        logging_steps,
+        precision
     );
     if cli.max_steps.is_some() {
         t.max_steps = cli.max_steps;
@@ -177,6 +182,7 @@ fn run(cli: Cli, comm: Comm) -> anyhow::Result<()> {
     t.group_by_length = (t.group_by_length || cli.group_by_length) && !cli.no_group_by_length;
     t.dropout &= !cli.no_dropout;
     anyhow::ensure!(t.batch_size > 0, "--batch-size must be at least 1");
+    let precision = t.precision;
     let opts = TrainOptions {
         config,
         features: cli.features,
@@ -192,6 +198,7 @@ fn run(cli: Cli, comm: Comm) -> anyhow::Result<()> {
         run: RunOptions {
             fused_cuda_norm: cli.fused_cuda_norm,
             fused_cuda_adamw: !cli.no_fused_adamw,
+            precision,
         },
     };
     let writer = comm.rank() == 0;

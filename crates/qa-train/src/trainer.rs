@@ -595,7 +595,8 @@ fn adam_config(config: &PipelineConfig) -> AdamWConfig {
 }
 
 /// The trainer state of checkpoint `dir`, checked against this run's features; a warning
-/// when it was saved on another kind of device (the continuation is not bit-exact).
+/// when it was saved on another kind of device or in another precision (the continuation is
+/// not bit-exact).
 fn resumed_state(
     opts: &TrainOptions,
     inputs: &Inputs,
@@ -623,6 +624,13 @@ fn resumed_state(
         warn(format!(
             "saved by a run on {}; continuing on {device_name} (not bit-exact)",
             state.device
+        ));
+    }
+    let saved = PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))?.train.precision;
+    if saved != plan.precision() {
+        warn(format!(
+            "saved by a run in precision {saved}; continuing in {} (not bit-exact)",
+            plan.precision()
         ));
     }
     if opts.config.train.dropout && state.dropout_masks != state::DROPOUT_MASKS {

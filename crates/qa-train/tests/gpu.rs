@@ -67,6 +67,7 @@ fn a_training_step_on_the_gpu_matches_the_cpu() {
         let options = RunOptions {
             fused_cuda_norm,
             fused_cuda_adamw,
+            ..RunOptions::default()
         };
         let mut on_gpu = learner(&RunPlan::new(gpu.clone(), Mode::Train, options.clone()));
         let got = on_gpu.step(0, std::slice::from_ref(&batch), 2e-5).unwrap();

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The arithmetic of the model's GEMMs (`train.precision`, `eval.precision`).
+pub use qa_kernels::Precision;
+
 /// The config's sections (its mapping-valued top-level keys): the Makefile stamps each one
 /// (`config_stamp`), so a stage reruns only when a section it reads changes.
 pub const SECTIONS: [&str; 5] = ["data", "model", "features", "train", "eval"];
@@ -206,6 +209,9 @@ pub struct TrainConfig {
     /// Replay a recorded order instead of shuffling: a JSON list of feature indices, one
     /// permutation per epoch (e.g. the oracle's `train_order.json` from HF Trainer).
     pub data_order: Option<PathBuf>,
+    /// GEMMs in f32, or with bf16 inputs and f32 sums (AVX512-BF16 CPUs; `--precision`).
+    /// Master weights, optimizer moments and checkpoints stay f32; may change on resume.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -231,6 +237,7 @@ impl Default for TrainConfig {
             logging_steps: 10,
             dropout: true,
             data_order: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -247,6 +254,8 @@ pub struct EvalConfig {
     pub null_score_diff_threshold: f64,
     /// Features per forward pass.
     pub batch_size: usize,
+    /// The GEMMs' arithmetic in qa-eval (`--precision`); training evaluates in its own.
+    pub precision: Precision,
 }
 
 impl Default for EvalConfig {
@@ -257,6 +266,7 @@ impl Default for EvalConfig {
             version_2_with_negative: false,
             null_score_diff_threshold: 0.0,
             batch_size: 32,
+            precision: Precision::F32,
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod shard;
 pub mod text;
 pub mod vocab;
 
-pub use config::PipelineConfig;
+pub use config::{PipelineConfig, Precision};
 pub use error::{Error, Result};
 pub use examples::Example;
 pub use features::Feature;

@@ -1,0 +1,252 @@
+//! Every GEMM of the CPU ops, in the run's `Precision`: f32 through the `gemm` crate, bf16
+//! through our AVX512-BF16 kernel (`bf16_gemm`). One entry point, so an op says what it
+//! multiplies and the precision says how.
+
+use crate::precision::Precision;
+
+/// A strided f32 matrix: element (r, c) at `ptr + r * rs + c * cs`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+// SAFETY: a `Mat` is only read through, by tasks that the caller of `Gemm::run` guarantees
+// see a live buffer (its contract).
+unsafe impl Send for Mat {}
+// SAFETY: as for Send: reads only.
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    /// A row-major matrix whose rows are `rs` elements apart.
+    pub fn rows(ptr: *const f32, rs: usize) -> Self {
+        Mat {
+            ptr,
+            rs: rs as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (the same elements).
+    pub fn t(self) -> Self {
+        Mat {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Element (r, c).
+    ///
+    /// # Safety
+    /// (r, c) must lie inside the matrix.
+    #[inline(always)]
+    pub unsafe fn at(&self, r: usize, c: usize) -> f32 {
+        // SAFETY: the caller keeps (r, c) inside the matrix.
+        unsafe { *self.ptr.offset(r as isize * self.rs + c as isize * self.cs) }
+    }
+}
+
+/// Which threads a product runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The calling thread (ops that run one product per parallel task).
+    One,
+    /// candle's thread count (one large product).
+    All,
+}
+
+impl Threads {
+    fn count(self) -> usize {
+        match self {
+            Threads::One => 1,
+            Threads::All => candle_core::utils::get_num_threads().max(1),
+        }
+    }
+}
+
+/// How a product runs: its arithmetic, its threads, and whether it adds onto the destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub precision: Precision,
+    pub threads: Threads,
+    /// Add the product onto the destination's values instead of overwriting them.
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// `dst [m, n]` (rows `dst_rs` apart) = `lhs [m, k] · rhs [k, n]` (+ `dst` when
+    /// accumulating).
+    ///
+    /// # Safety
+    /// `lhs` and `rhs` must cover `m x k` and `k x n` readable elements, `dst` `m x n` writable
+    /// ones that nothing else touches meanwhile.
+    ///
+    /// # Panics
+    /// With `Precision::Bf16` on a CPU without AVX512-BF16 (runs check this up front with
+    /// `Precision::require_supported`).
+    pub unsafe fn run(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !self.accumulate {
+                for r in 0..m {
+                    // SAFETY: row r of dst is n writable elements (the caller's contract).
+                    unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0) };
+                }
+            }
+            return;
+        }
+        match self.precision {
+            // SAFETY: the caller's contract is gemm's.
+            Precision::F32 => unsafe { self.f32_gemm((m, n, k), dst, dst_rs, lhs, rhs) },
+            Precision::Bf16 => {
+                assert!(
+                    crate::precision::bf16_gemm_supported(),
+                    "bf16 GEMM on a CPU without AVX512-BF16"
+                );
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the caller's contract; the CPU has the kernel's instructions.
+                unsafe {
+                    crate::bf16_gemm::gemm(self.threads.count(), (m, n, k), dst, dst_rs, self.accumulate, lhs, rhs)
+                }
+            }
+        }
+    }
+
+    /// The f32 product through the `gemm` crate.
+    unsafe fn f32_gemm(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+        let parallelism = match self.threads.count() {
+            1 => gemm::Parallelism::None,
+            n => gemm::Parallelism::Rayon(n),
+        };
+        let alpha = if self.accumulate { 1.0 } else { 0.0 };
+        // SAFETY: the caller guarantees the extents; gemm computes
+        // dst = alpha * dst + 1 * lhs · rhs, reading dst only when accumulating.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst,
+                1,
+                dst_rs as isize,
+                self.accumulate,
+                lhs.ptr,
+                lhs.cs,
+                lhs.rs,
+                rhs.ptr,
+                rhs.cs,
+                rhs.rs,
+                alpha,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bf16;
+    use crate::testing::wave;
+
+    /// `lhs · rhs` by `gemm` with both inputs in every layout (row-major or transposed in
+    /// memory) and both write modes, against an f64 reference.
+    fn check(precision: Precision, threads: Threads, (m, n, k): (usize, usize, usize)) {
+        let lhs = wave(m * k, 0.3, 0.37, 1.0);
+        let rhs = wave(k * n, 1.7, 0.53, 1.0);
+        let start = wave(m * n, 2.9, 0.71, 1.0);
+        let (lhs_t, rhs_t) = (transpose(&lhs, m, k), transpose(&rhs, k, n));
+        let exact: Vec<f64> = match precision {
+            Precision::Bf16 => bf16::reference_matmul(m, n, k, &lhs, &rhs),
+            Precision::F32 => f64_matmul(m, n, k, &lhs, &rhs),
+        };
+        for accumulate in [false, true] {
+            for (a, b) in [
+                (Mat::rows(lhs.as_ptr(), k), Mat::rows(rhs.as_ptr(), n)),
+                (Mat::rows(lhs_t.as_ptr(), m).t(), Mat::rows(rhs_t.as_ptr(), k).t()),
+            ] {
+                let mut dst = start.clone();
+                let gemm = Gemm { precision, threads, accumulate };
+                // SAFETY: the buffers are m x k, k x n and m x n.
+                unsafe { gemm.run((m, n, k), dst.as_mut_ptr(), n, a, b) };
+                for (i, (&got, &want)) in dst.iter().zip(&exact).enumerate() {
+                    let want = want + if accumulate { f64::from(start[i]) } else { 0.0 };
+                    // f32 summation of k products of magnitude <= 1: k ulps of the sum's scale.
+                    let tolerance = 2.0 * k as f64 * f64::from(f32::EPSILON) * (1.0 + want.abs());
+                    assert!(
+                        (f64::from(got) - want).abs() <= tolerance,
+                        "{precision} {m}x{n}x{k} accumulate {accumulate}: [{i}] {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols).map(|i| x[(i % rows) * cols + i / rows]).collect()
+    }
+
+    fn f64_matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32]) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for p in 0..k {
+                for j in 0..n {
+                    out[i * n + j] += f64::from(lhs[i * k + p]) * f64::from(rhs[p * n + j]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Edges of every block size (odd k, partial tiles, several k blocks) on one and all threads.
+    const SHAPES: [(usize, usize, usize); 7] = [
+        (1, 1, 1),
+        (13, 33, 7),
+        (12, 32, 32),
+        (37, 70, 385),
+        (100, 65, 64),
+        (130, 96, 33),
+        (5, 300, 400),
+    ];
+
+    #[test]
+    fn f32_products_match_f64() {
+        for shape in SHAPES {
+            check(Precision::F32, Threads::All, shape);
+        }
+    }
+
+    #[test]
+    fn bf16_products_match_f64_of_rounded_inputs() {
+        if !crate::precision::bf16_gemm_supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16 (the bf16 GEMM kernel cannot run)");
+            return;
+        }
+        for shape in SHAPES {
+            check(Precision::Bf16, Threads::One, shape);
+            check(Precision::Bf16, Threads::All, shape);
+        }
+    }
+
+    #[test]
+    fn zero_depth_products_clear_or_keep_the_destination() {
+        for precision in Precision::ALL.into_iter().filter(|p| p.supported()) {
+            for accumulate in [false, true] {
+                let mut dst = vec![3f32; 6];
+                let empty = Mat::rows(std::ptr::null(), 0);
+                let gemm = Gemm { precision, threads: Threads::All, accumulate };
+                // SAFETY: k = 0 reads nothing; dst is 2 x 3.
+                unsafe { gemm.run((2, 3, 0), dst.as_mut_ptr(), 3, empty, empty) };
+                assert_eq!(dst, vec![if accumulate { 3.0 } else { 0.0 }; 6], "{precision}");
+            }
+        }
+    }
+}
