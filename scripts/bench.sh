@@ -40,6 +40,13 @@ if [ "${BENCH_FEATURES_ORACLE:-0}" = 1 ] && [ -x "${REF_PYTHON:-${REF_VENV:-$HOM
   echo "ref_features.py full train: $(echo "$t0 $t1" | awk '{print $2 - $1}')s; speed-up $(echo "$t0 $t1 $t" | awk '{printf "%.1fx", ($2 - $1) / $3}')" | tee -a "$out/features.txt"
 fi
 
+# GEMM rates on the model's shapes, f32 and bf16, against this CPU's peaks (same run).
+echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1); AVX-512 flags: $(grep -o -w -E 'avx512[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')" | tee "$out/gemm.md"
+RAYON_NUM_THREADS=2 "$bin/qa-gemm-rates" | tee -a "$out/gemm.md"
+echo
+# bf16 rows where the CPU has AVX512-BF16 (qa-train --precision bf16 refuses elsewhere).
+bf16=; grep -q -w avx512_bf16 /proc/cpuinfo && bf16=1
+
 py=${REF_PYTHON:-${REF_VENV:-$HOME/.cache/squad-qa-ref/venv}/bin/python}
 oracle() { [ "${BENCH_ORACLE:-1}" = 1 ] && [ -x "$py" ]; }
 
@@ -127,29 +134,42 @@ ours_train() {
       --model "$m" --output "$out/train-$mode" --overwrite --threads "$threads" --quiet --save-steps 0 --no-group-by-length $flag "$@" 2>/dev/null)
   echo "$(echo "$s" | summary_field train_features_per_second) $(peak_rss_mib "$out/time.txt")"
 }
+# torch_train MODE THREADS [EXTRA...] (e.g. --bf16: CPU autocast).
 torch_train() {
-  local mode=$1 threads=$2
+  local mode=$1 threads=$2; shift 2
   local flag=; [ "$mode" = dynamic ] && flag=--dynamic-padding
   local s
   s=$(MINILM_DIR=$PWD/$model /usr/bin/time -v -o "$out/time.txt" "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" \
       --dev-file "${DEV_JSON:-data/squad/dev-v1.1.json.gz}" --train-limit 96 --eval-limit 8 --threads "$threads" \
-      --out "$out/ref-train-$mode" $flag 2>/dev/null | tail -1)
+      --out "$out/ref-train-$mode" $flag "$@" 2>/dev/null | tail -1)
   echo "$(echo "$s" | sed -n 's/.*"train_features_per_s": \([0-9.]*\).*/\1/p') $(peak_rss_mib "$out/time.txt")"
 }
 # BENCH_REUSE_TRAIN=1 keeps the last run's training measurements (runs/bench/ours-*.txt,
 # torch-*.txt) and measures the rest.
 for mode in fixed dynamic; do
   [ "${BENCH_REUSE_TRAIN:-0}" = 1 ] && [ -s "$out/ours-$mode.txt" ] && continue
-  : > "$out/ours-$mode.txt"; : > "$out/torch-$mode.txt"
-  for _ in $(seq "$runs"); do  # alternate the two, so drift in the machine's load hits both
+  : > "$out/ours-$mode.txt"; : > "$out/torch-$mode.txt"; : > "$out/ours-$mode-bf16.txt"; : > "$out/torch-$mode-bf16.txt"
+  for _ in $(seq "$runs"); do  # alternate them, so drift in the machine's load hits all
     ours_train $mode 2 >> "$out/ours-$mode.txt"
     if oracle; then torch_train $mode 2 >> "$out/torch-$mode.txt" || true; fi
+    if [ -n "$bf16" ]; then
+      ours_train $mode 2 "$model" --precision bf16 >> "$out/ours-$mode-bf16.txt"
+      if oracle; then torch_train $mode 2 --bf16 >> "$out/torch-$mode-bf16.txt" || true; fi
+    fi
   done
 done
 label() { [ "$1" = fixed ] && echo "padded to 384" || echo "dynamic padding"; }
 for mode in fixed dynamic; do
   row "train MiniLM, batch 8, $(label $mode), 2 threads (features/s)" \
     "$(cut -d' ' -f1 "$out/ours-$mode.txt" | median)" "$(cut -d' ' -f1 "$out/torch-$mode.txt" | median)" higher
+  if [ -n "$bf16" ]; then
+    row "train MiniLM, batch 8, $(label $mode), bf16 (ours --precision bf16, PyTorch --bf16) (features/s)" \
+      "$(cut -d' ' -f1 "$out/ours-$mode-bf16.txt" | median)" "$(cut -d' ' -f1 "$out/torch-$mode-bf16.txt" | median)" higher
+    row "train MiniLM, batch 8, $(label $mode): ours bf16 vs PyTorch fp32 (features/s)" \
+      "$(cut -d' ' -f1 "$out/ours-$mode-bf16.txt" | median)" "$(cut -d' ' -f1 "$out/torch-$mode.txt" | median)" higher
+    row "train MiniLM, batch 8, $(label $mode): ours bf16 vs ours f32 (features/s)" \
+      "$(cut -d' ' -f1 "$out/ours-$mode-bf16.txt" | median)" "$(cut -d' ' -f1 "$out/ours-$mode.txt" | median)" higher
+  fi
 done
 # Our default configuration (dynamic padding, length-grouped batches) on the seed pipeline's
 # training set (the first 1,000 questions), once, against the HF Trainer's default (padded to
@@ -162,6 +182,10 @@ row "train, our default config on the first 1,000 questions vs the HF Trainer's 
   "$(echo "$s" | summary_field train_features_per_second)" "$(cut -d' ' -f1 "$out/torch-fixed.txt" | median)" higher
 row "peak RSS, train MiniLM, padded to 384 (MiB)" \
   "$(cut -d' ' -f2 "$out/ours-fixed.txt" | median)" "$(cut -d' ' -f2 "$out/torch-fixed.txt" | median)" lower
+if [ -n "$bf16" ]; then
+  row "peak RSS, train MiniLM, padded to 384, bf16 (MiB)" \
+    "$(cut -d' ' -f2 "$out/ours-fixed-bf16.txt" | median)" "$(cut -d' ' -f2 "$out/torch-fixed-bf16.txt" | median)" lower
+fi
 
 # bert-base shape (12 layers, hidden 768), random init, 2 steps at 8 x 384.
 mkdir -p "$out/bert-base-shaped"
@@ -235,18 +259,28 @@ if [ "${BENCH_SKIP_FULL_EVAL:-0}" != 1 ]; then
   [ -e "$dev" ] || make --no-print-directory "$dev"
   "$bin/squad-ingest" --input "$dev" --output "$out/dev-full.examples.parquet" 2>/dev/null
   "$bin/qa-features" --examples "$out/dev-full.examples.parquet" --tokenizer "$model" --split eval --output "$out/dev-full.features.parquet" 2>/dev/null
-  t0=$(date +%s.%N)
-  RAYON_NUM_THREADS=2 "$bin/qa-eval" --model "$model" --features "$out/dev-full.features.parquet" --examples "$out/dev-full.examples.parquet" \
-    --output "$out/eval-dev-full" --quiet >/dev/null
-  t1=$(date +%s.%N)
-  ours_eval=$(echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}')
-  torch_eval=
-  if oracle; then
-    s=$(MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" --dev-file "$dev" \
-        --train-limit 8 --max-steps 1 --eval-limit 10570 --threads 2 --dynamic-padding --out "$out/ref-eval-full" 2>/dev/null | tail -1)
-    torch_eval=$(echo "$s" | sed -n 's/.*"eval_wall_s": \([0-9.]*\).*/\1/p')
-  fi
+  # ours_full_eval [EXTRA...] -> wall seconds; torch_full_eval [EXTRA...] -> its eval loop's.
+  ours_full_eval() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    RAYON_NUM_THREADS=2 "$bin/qa-eval" --model "$model" --features "$out/dev-full.features.parquet" --examples "$out/dev-full.examples.parquet" \
+      --output "$out/eval-dev-full" --quiet "$@" >/dev/null
+    t1=$(date +%s.%N)
+    echo "$t0 $t1" | awk '{printf "%.1f", $2 - $1}'
+  }
+  torch_full_eval() {
+    oracle || return 0
+    MINILM_DIR=$PWD/$model "$py" "${REF_DIR:-../shared/ref}/ref_train.py" --train-file "$train" --dev-file "$dev" \
+      --train-limit 8 --max-steps 1 --eval-limit 10570 --threads 2 --dynamic-padding --out "$out/ref-eval-full" "$@" 2>/dev/null \
+      | tail -1 | sed -n 's/.*"eval_wall_s": \([0-9.]*\).*/\1/p'
+  }
+  ours_eval=$(ours_full_eval); torch_eval=$(torch_full_eval)
   row "full dev-v1.1 eval, MiniLM, 2 threads (wall s; PyTorch: its eval loop)" "$ours_eval" "$torch_eval" lower
+  if [ -n "$bf16" ]; then
+    ours_eval16=$(ours_full_eval --precision bf16); torch_eval16=$(torch_full_eval --bf16)
+    row "full dev-v1.1 eval, bf16 (ours --precision bf16, PyTorch --bf16) (wall s)" "$ours_eval16" "$torch_eval16" lower
+    row "full dev-v1.1 eval: ours bf16 vs PyTorch fp32 (wall s)" "$ours_eval16" "$torch_eval" lower
+  fi
 fi
 
 row "qa-infer cold: start + load + 1 answer (s, best of 3)" "$cold" "$torch_cold" lower

@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn rounding_error_is_at_most_half_a_bf16_ulp() {
-        for i in 0..10_000 {
+        for i in 1..10_000 {
             let x = (i as f32 * 0.7311).sin() * 10f32.powi(i % 7 - 3);
             let r = round(x);
             let ulp = 2f32.powi(x.abs().log2().floor() as i32 - 7);

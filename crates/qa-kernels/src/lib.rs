@@ -10,7 +10,7 @@
 pub mod attention;
 pub mod bf16;
 #[cfg(target_arch = "x86_64")]
-mod bf16_gemm;
+mod avx512_gemm;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -1,6 +1,7 @@
-//! Every GEMM of the CPU ops, in the run's `Precision`: f32 through the `gemm` crate, bf16
-//! through our AVX512-BF16 kernel (`bf16_gemm`). One entry point, so an op says what it
-//! multiplies and the precision says how.
+//! Every GEMM of the CPU ops, in the run's `Precision`: bf16 through our AVX512-BF16 kernel
+//! (`avx512_gemm`), f32 through the `gemm` crate or, on the shapes where it is faster
+//! (`Gemm::ours_in_f32`), the same kernel of ours with FMAs. One entry point, so an op says
+//! what it multiplies and the precision says how.
 
 use crate::precision::Precision;
 
@@ -99,9 +100,15 @@ impl Gemm {
             }
             return;
         }
+        let threads = self.threads.count();
         match self.precision {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the caller's contract; the CPU has AVX512-F.
+            Precision::F32 if avx512f() && self.ours_in_f32(m) => unsafe {
+                crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, rhs))
+            },
             // SAFETY: the caller's contract is gemm's.
-            Precision::F32 => unsafe { self.f32_gemm((m, n, k), dst, dst_rs, lhs, rhs) },
+            Precision::F32 => unsafe { self.gemm_crate((m, n, k), dst, dst_rs, lhs, rhs) },
             Precision::Bf16 => {
                 assert!(
                     crate::precision::bf16_gemm_supported(),
@@ -110,14 +117,42 @@ impl Gemm {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the caller's contract; the CPU has the kernel's instructions.
                 unsafe {
-                    crate::bf16_gemm::gemm(self.threads.count(), (m, n, k), dst, dst_rs, self.accumulate, lhs, rhs)
+                    crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, rhs))
                 }
             }
         }
     }
 
-    /// The f32 product through the `gemm` crate.
-    unsafe fn f32_gemm(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+    /// The product through our kernel whatever the shape (`qa-gemm-rates` compares it).
+    ///
+    /// # Safety
+    /// As `run`'s, and the CPU must have AVX512-F (and AVX512-BF16 for bf16).
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn our_kernel(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+        let (threads, operands) = (self.threads.count(), (lhs, rhs));
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self.precision {
+                Precision::F32 => crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
+                Precision::Bf16 => crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
+            }
+        }
+    }
+
+    /// Whether our kernel beats the `gemm` crate in f32 on a product of `m` rows. Measured
+    /// with `qa-gemm-rates` on 2 Zen 5 cores: ours 1.0-2.1x the crate's on the dense layers of
+    /// one 150-token window (the crate's threading starves on so few rows), 0.8-1.1x at 3072
+    /// rows, 0.65-0.75x on the attention's one-thread per-head products.
+    fn ours_in_f32(&self, m: usize) -> bool {
+        self.threads == Threads::All && m <= 512
+    }
+
+    /// The f32 product through the `gemm` crate: where the CPU has no AVX-512, and the
+    /// yardstick of `qa-gemm-rates`.
+    ///
+    /// # Safety
+    /// As `run`'s.
+    pub unsafe fn gemm_crate(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
         let parallelism = match self.threads.count() {
             1 => gemm::Parallelism::None,
             n => gemm::Parallelism::Rayon(n),
@@ -148,6 +183,18 @@ impl Gemm {
                 parallelism,
             )
         }
+    }
+}
+
+/// Whether the CPU has AVX512-F (our f32 kernel).
+fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -221,6 +268,7 @@ mod tests {
     fn f32_products_match_f64() {
         for shape in SHAPES {
             check(Precision::F32, Threads::All, shape);
+            check(Precision::F32, Threads::One, shape);
         }
     }
 

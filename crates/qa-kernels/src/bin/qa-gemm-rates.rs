@@ -49,8 +49,20 @@ fn shapes(rows: usize, h: usize, i: usize, d: usize, len: usize) -> Vec<Shape> {
     ]
 }
 
-/// GFLOP/s of `shape` in `precision`, over at least `seconds`.
-fn rate(shape: &Shape, precision: Precision, seconds: f64) -> f64 {
+/// Which GEMM: the `gemm` crate (f32), our kernel, or what the ops run (`Gemm::run`).
+#[derive(Clone, Copy)]
+enum Which {
+    GemmCrate,
+    OurKernel(Precision),
+    AsRun(Precision),
+}
+
+/// GFLOP/s of `shape` by `which`, over at least `seconds`.
+fn rate(shape: &Shape, which: Which, seconds: f64) -> f64 {
+    let precision = match which {
+        Which::GemmCrate => Precision::F32,
+        Which::OurKernel(p) | Which::AsRun(p) => p,
+    };
     let threads = candle_core::utils::get_num_threads().max(1);
     let copies = if shape.per_thread { threads } else { 1 };
     let (m, n, k) = (shape.m, shape.n, shape.k);
@@ -69,7 +81,13 @@ fn rate(shape: &Shape, precision: Precision, seconds: f64) -> f64 {
         let lhs = if shape.lhs_t { Mat::rows(a.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
         let rhs = if shape.rhs_t { Mat::rows(b.as_ptr(), k).t() } else { Mat::rows(b.as_ptr(), n) };
         // SAFETY: the buffers are m x k, k x n and m x n; each copy writes its own c.
-        unsafe { gemm.run((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs) };
+        unsafe {
+            match which {
+                Which::GemmCrate => gemm.gemm_crate((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs),
+                Which::OurKernel(_) => gemm.our_kernel((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs),
+                Which::AsRun(_) => gemm.run((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs),
+            }
+        }
     };
     let run = || match copies {
         1 => run_one(&data[0]),
@@ -95,15 +113,17 @@ fn main() {
     let (peak32, peak16) = (peaks::f32_fma(threads), bf16.then(|| peaks::bf16_dot(threads)).flatten());
     println!("GEMM rates, {threads} threads (GFLOP/s; % of this CPU's peak measured in the same run)\n");
     println!("peak: fp32 FMA {peak32:.0}, bf16 dot product {}\n", peak16.map_or("n/a (no AVX512-BF16)".into(), |p| format!("{p:.0}")));
-    println!("| shape | m x n x k | f32 | % fp32 peak | bf16 | % bf16 peak | bf16 / f32 |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| shape | m x n x k | f32, gemm crate | f32, our kernel | f32 as run | % fp32 peak | bf16, ours | % bf16 peak | bf16 / f32 as run |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
     for s in shapes(rows, h, i, d, len).into_iter().filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str()))) {
-        let f = rate(&s, Precision::F32, seconds);
-        let b = bf16.then(|| rate(&s, Precision::Bf16, seconds));
+        let g = rate(&s, Which::GemmCrate, seconds);
+        let o = rate(&s, Which::OurKernel(Precision::F32), seconds);
+        let f = rate(&s, Which::AsRun(Precision::F32), seconds);
+        let b = bf16.then(|| rate(&s, Which::AsRun(Precision::Bf16), seconds));
         let cell = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.0}"));
         println!(
-            "| {}{} | {} x {} x {} | {f:.0} | {:.0}% | {} | {} | {} |",
+            "| {}{} | {} x {} x {} | {g:.0} | {o:.0} | {f:.0} | {:.0}% | {} | {} | {} |",
             s.name,
             if s.per_thread { " (one per thread)" } else { "" },
             s.m,

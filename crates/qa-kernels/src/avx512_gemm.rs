@@ -1,0 +1,387 @@
+//! Our GEMM for AVX-512, in f32 (`vfmadd231ps`) or bf16 (`vdpbf16ps`: inputs rounded to bf16
+//! by `bf16::round_bits` as they are packed, each pair of products summed into f32):
+//! `dst (+)= lhs · rhs`, one code path for both, `BF16` choosing at compile time.
+//!
+//! Goto's blocking over *units*: a u32 holding one f32, or a bf16 pair (k, k+1) of one row or
+//! column. For each block of `KC` units of k, the thread's columns of `rhs` are packed once
+//! into `NR`-wide panels, and each block of `MC` rows of `lhs` into units too (row by row, or
+//! unit by unit across the rows when lhs is stored transposed: whichever reads memory in
+//! order); the microkernel multiplies an `MR`-row sliver by a panel into `MR x NR` f32
+//! accumulators held in 24 zmm registers. Threads split the longer side of the output (each
+//! packs its share of that operand and all of the other).
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::bf16::round_bits;
+use crate::cpu::DisjointWrites;
+use crate::matmul::Mat;
+
+/// Rows per microkernel tile.
+const MR: usize = 12;
+/// Columns per microkernel tile: two zmm registers of f32.
+const NR: usize = 32;
+/// Units of k per block: a packed panel (`KC x NR` u32, 24 KB) stays in L1.
+const KC: usize = 192;
+/// Rows per packed block of `lhs` (`MC x KC` u32, 72 KB): stays in L2.
+const MC: usize = MR * 8;
+
+/// k values per unit.
+const fn per_unit(bf16: bool) -> usize {
+    if bf16 {
+        2
+    } else {
+        1
+    }
+}
+
+thread_local! {
+    /// Each thread's packed rows and panels, reused across calls.
+    static PACKED: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `dst [m, n]` (rows `dst_rs` apart) = `lhs · rhs` (+ `dst` when `accumulate`) on `threads`
+/// threads; `m, n, k` > 0.
+///
+/// # Safety
+/// As `Gemm::run`'s, and the CPU must have AVX512-F (and AVX512-BF16 for `BF16`).
+pub unsafe fn gemm<const BF16: bool>(
+    threads: usize,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, rhs): (Mat, Mat),
+) {
+    let block = Block::<BF16> {
+        k,
+        dst: DisjointWrites(dst),
+        dst_rs,
+        accumulate,
+        lhs,
+        rhs,
+    };
+    // Each thread packs its own share of one operand and all of the other: split the larger
+    // side, so the smaller operand is the one packed twice.
+    let by_columns = n >= m;
+    let (len, tile) = if by_columns { (n, NR) } else { (m, MR) };
+    let tiles = len.div_ceil(tile);
+    let tasks = threads.min(tiles);
+    let share = |t: usize| (t * tiles / tasks * tile).min(len)..((t + 1) * tiles / tasks * tile).min(len);
+    let run = |t: usize| {
+        let (rows, cols) = match by_columns {
+            true => (0..m, share(t)),
+            false => (share(t), 0..n),
+        };
+        // SAFETY: tasks write disjoint rows or columns of dst; the rest is the caller's.
+        unsafe { block.run(rows, cols) }
+    };
+    match tasks {
+        1 => run(0),
+        _ => (0..tasks).into_par_iter().for_each(run),
+    }
+}
+
+/// One product, of which a thread computes `dst[rows, cols]`.
+#[derive(Clone, Copy)]
+struct Block<const BF16: bool> {
+    k: usize,
+    dst: DisjointWrites,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+}
+
+impl<const BF16: bool> Block<BF16> {
+    unsafe fn run(&self, rows: Range<usize>, cols: Range<usize>) {
+        PACKED.with(|cell| {
+            let mut fresh = Default::default();
+            let mut held = cell.try_borrow_mut();
+            let (packed_rows, panels) = match held.as_deref_mut() {
+                Ok(buffers) => buffers,
+                Err(_) => &mut fresh,
+            };
+            // SAFETY: the caller's contract.
+            unsafe { self.run_with(rows, cols, packed_rows, panels) }
+        })
+    }
+
+    unsafe fn run_with(&self, rows: Range<usize>, cols: Range<usize>, packed_rows: &mut Vec<u32>, panels: &mut Vec<u32>) {
+        let units = self.k.div_ceil(per_unit(BF16));
+        for u0 in (0..units).step_by(KC) {
+            let block = u0..(u0 + KC).min(units);
+            let accumulate = self.accumulate || u0 > 0;
+            // SAFETY: the reads stay inside lhs and rhs, the writes inside dst[rows, cols].
+            unsafe {
+                pack_panels::<BF16>(self.rhs, self.k, block.clone(), cols.clone(), panels);
+                for m0 in rows.clone().step_by(MC) {
+                    let chunk = m0..(m0 + MC).min(rows.end);
+                    let layout = pack_rows::<BF16>(self.lhs, self.k, block.clone(), chunk.clone(), packed_rows);
+                    self.tiles(block.len(), (chunk, cols.clone()), (packed_rows, layout), panels, accumulate);
+                }
+            }
+        }
+    }
+
+    /// Every `MR x NR` tile of `dst[rows, cols]` from the packed rows and panels.
+    unsafe fn tiles(
+        &self,
+        kc: usize,
+        (rows, cols): (Range<usize>, Range<usize>),
+        (packed_rows, layout): (&[u32], RowLayout),
+        panels: &[u32],
+        accumulate: bool,
+    ) {
+        for (jt, j0) in cols.clone().step_by(NR).enumerate() {
+            let panel = &panels[jt * kc * NR..][..kc * NR];
+            for (it, i0) in rows.clone().step_by(MR).enumerate() {
+                let sliver = &packed_rows[it * MR * layout.row..];
+                let (h, w) = (MR.min(rows.end - i0), NR.min(cols.end - j0));
+                // SAFETY: (i0, j0) + (h, w) lies inside dst[rows, cols].
+                let c = unsafe { self.dst.0.add(i0 * self.dst_rs + j0) };
+                let out = Tile { c, c_rs: self.dst_rs, h, w, accumulate };
+                // SAFETY: the sliver and panel hold kc units; c is h x w with rows dst_rs apart.
+                unsafe {
+                    match BF16 {
+                        true => tile_bf16(kc, (sliver, layout), panel, out),
+                        false => tile_f32(kc, (sliver, layout), panel, out),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where packed rows keep unit p of row r: at index `r * row + p * unit`.
+#[derive(Debug, Clone, Copy)]
+struct RowLayout {
+    row: usize,
+    unit: usize,
+}
+
+/// The unit of `values` (one f32, or a bf16 pair; a missing second value is zero).
+#[inline(always)]
+fn unit<const BF16: bool>(first: f32, second: f32) -> u32 {
+    match BF16 {
+        true => u32::from(round_bits(first)) | u32::from(round_bits(second)) << 16,
+        false => first.to_bits(),
+    }
+}
+
+/// The units of a contiguous run of k values (`per_unit` values each; zero-padded).
+#[inline(always)]
+fn units_of_run<const BF16: bool>(src: &[f32], dst: &mut [u32]) {
+    if BF16 {
+        // Little-endian: the u16 halves of dst, in order, are the run's values in order.
+        // SAFETY: dst's u32s are 2 * len u16s, aligned for u16.
+        let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, 2 * dst.len()) };
+        for (h, &s) in halves.iter_mut().zip(src) {
+            *h = round_bits(s);
+        }
+        let filled = src.len().min(halves.len());
+        halves[filled..].fill(0);
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.to_bits();
+        }
+        let filled = src.len().min(dst.len());
+        dst[filled..].fill(0);
+    }
+}
+
+/// The units of two rows of k side by side (`second` unused in f32; empty: zeros).
+#[inline(always)]
+fn units_of_rows<const BF16: bool>(first: &[f32], second: &[f32], dst: &mut [u32]) {
+    if BF16 && second.is_empty() {
+        dst.iter_mut().zip(first).for_each(|(d, &a)| *d = unit::<BF16>(a, 0.0));
+    } else if BF16 {
+        dst.iter_mut().zip(first.iter().zip(second)).for_each(|(d, (&a, &b))| *d = unit::<BF16>(a, b));
+    } else {
+        dst.iter_mut().zip(first).for_each(|(d, &a)| *d = a.to_bits());
+    }
+}
+
+/// A contiguous run of `len` elements of `m` from `start` along its unit-stride side.
+///
+/// # Safety
+/// The run must lie inside the matrix.
+unsafe fn run<'a>(m: Mat, start: isize, len: usize) -> &'a [f32] {
+    // SAFETY: the caller's contract.
+    unsafe { std::slice::from_raw_parts(m.ptr.offset(start), len) }
+}
+
+/// Rows `rows` of `lhs`, k-units `block`, laid out so that reads run along lhs's contiguous
+/// side: row after row (row-major lhs), or unit after unit across the rows (lhs stored
+/// transposed). Zero past `k` and past the last row.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_rows<const BF16: bool>(lhs: Mat, k: usize, block: Range<usize>, rows: Range<usize>, out: &mut Vec<u32>) -> RowLayout {
+    let (kc, per) = (block.len(), per_unit(BF16));
+    let padded = rows.len().div_ceil(MR) * MR;
+    out.clear();
+    out.resize(padded * kc, 0);
+    let (k0, k1) = (per * block.start, (per * block.end).min(k));
+    if lhs.rs == 1 && lhs.cs != 1 {
+        // Stored transposed: each k is a contiguous run over the rows.
+        for (p, units) in out.chunks_exact_mut(padded).enumerate() {
+            let kk = k0 + per * p;
+            // SAFETY: columns kk (and kk + 1 when inside k), rows `rows`, lie inside lhs.
+            let column = |kk: usize| unsafe { run(lhs, kk as isize * lhs.cs + rows.start as isize, rows.len()) };
+            let second: &[f32] = if BF16 && kk + 1 < k1 { column(kk + 1) } else { &[] };
+            units_of_rows::<BF16>(column(kk), second, &mut units[..rows.len()]);
+        }
+        return RowLayout { row: 1, unit: padded };
+    }
+    for (r, units) in out.chunks_exact_mut(kc).take(rows.len()).enumerate() {
+        let i = rows.start + r;
+        match lhs.cs {
+            // SAFETY: row i, columns k0..k1, lies inside lhs.
+            1 => units_of_run::<BF16>(unsafe { run(lhs, i as isize * lhs.rs + k0 as isize, k1 - k0) }, units),
+            _ => {
+                // SAFETY: i < m and kk < k.
+                let at = |kk: usize| if kk < k1 { unsafe { lhs.at(i, kk) } } else { 0.0 };
+                units.iter_mut().enumerate().for_each(|(p, u)| *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1)));
+            }
+        }
+    }
+    RowLayout { row: kc, unit: 1 }
+}
+
+/// Columns `cols` of `rhs`, k-units `block`, as `NR`-wide panels: for each unit p, the `NR`
+/// columns' units side by side (zero past `k` and past the last column).
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_panels<const BF16: bool>(rhs: Mat, k: usize, block: Range<usize>, cols: Range<usize>, out: &mut Vec<u32>) {
+    let (kc, per) = (block.len(), per_unit(BF16));
+    out.clear();
+    out.resize(cols.len().div_ceil(NR) * kc * NR, 0);
+    let (k0, k1) = (per * block.start, (per * block.end).min(k));
+    let mut column_units = [0u32; KC];
+    for (t, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+        let j0 = cols.start + t * NR;
+        let width = NR.min(cols.end - j0);
+        if rhs.cs == 1 {
+            // Row-major: the rows of a unit are contiguous runs over the columns.
+            for (p, units) in panel.chunks_exact_mut(NR).enumerate() {
+                let kk = k0 + per * p;
+                // SAFETY: rows kk (and kk + 1 inside k), columns j0..j0 + width, lie inside rhs.
+                let row = |kk: usize| unsafe { run(rhs, kk as isize * rhs.rs + j0 as isize, width) };
+                let second: &[f32] = if BF16 && kk + 1 < k1 { row(kk + 1) } else { &[] };
+                units_of_rows::<BF16>(row(kk), second, &mut units[..width]);
+            }
+            continue;
+        }
+        for dj in 0..width {
+            let j = j0 + dj;
+            if rhs.rs == 1 {
+                // Stored transposed (a weight read as W^T): each column's k are contiguous.
+                // SAFETY: column j, rows k0..k1, lies inside rhs.
+                let column = unsafe { run(rhs, j as isize * rhs.cs + k0 as isize, k1 - k0) };
+                units_of_run::<BF16>(column, &mut column_units[..kc]);
+            } else {
+                // SAFETY: kk < k and j < n.
+                let at = |kk: usize| if kk < k1 { unsafe { rhs.at(kk, j) } } else { 0.0 };
+                for (p, u) in column_units[..kc].iter_mut().enumerate() {
+                    *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1));
+                }
+            }
+            for (p, &u) in column_units[..kc].iter().enumerate() {
+                panel[p * NR + dj] = u;
+            }
+        }
+    }
+}
+
+/// Where a tile's results go: `c [h, w]`, rows `c_rs` apart, added onto when `accumulate`.
+#[derive(Clone, Copy)]
+struct Tile {
+    c: *mut f32,
+    c_rs: usize,
+    h: usize,
+    w: usize,
+    accumulate: bool,
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_bf16(kc: usize, sliver: (&[u32], RowLayout), panel: &[u32], out: Tile) {
+    // SAFETY: the caller's contract; the CPU has AVX512-BF16.
+    unsafe { tile::<true>(kc, sliver, panel, out) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_f32(kc: usize, sliver: (&[u32], RowLayout), panel: &[u32], out: Tile) {
+    // SAFETY: the caller's contract.
+    unsafe { tile::<false>(kc, sliver, panel, out) }
+}
+
+/// `out` (+)= sliver `[MR, kc units]` · panel `[kc units, NR]`: the microkernel. Inlined into
+/// `tile_f32` / `tile_bf16`, which enable the instructions it uses.
+#[inline(always)]
+unsafe fn tile<const BF16: bool>(kc: usize, (sliver, layout): (&[u32], RowLayout), panel: &[u32], out: Tile) {
+    // SAFETY: the callers enable AVX512-F.
+    let (mut lo, mut hi) = unsafe { ([_mm512_setzero_ps(); MR], [_mm512_setzero_ps(); MR]) };
+    let (a, b) = (sliver.as_ptr() as *const i32, panel.as_ptr());
+    for p in 0..kc {
+        // SAFETY: the panel holds kc rows of NR units, the sliver MR rows of kc units where
+        // its layout says.
+        unsafe {
+            let b_lo = _mm512_loadu_si512(b.add(p * NR) as *const _);
+            let b_hi = _mm512_loadu_si512(b.add(p * NR + 16) as *const _);
+            for r in 0..MR {
+                let a_r = _mm512_set1_epi32(*a.add(r * layout.row + p * layout.unit));
+                if BF16 {
+                    let (a_r, b_lo, b_hi): (__m512bh, __m512bh, __m512bh) =
+                        (std::mem::transmute(a_r), std::mem::transmute(b_lo), std::mem::transmute(b_hi));
+                    lo[r] = _mm512_dpbf16_ps(lo[r], a_r, b_lo);
+                    hi[r] = _mm512_dpbf16_ps(hi[r], a_r, b_hi);
+                } else {
+                    let a_r = _mm512_castsi512_ps(a_r);
+                    lo[r] = _mm512_fmadd_ps(a_r, _mm512_castsi512_ps(b_lo), lo[r]);
+                    hi[r] = _mm512_fmadd_ps(a_r, _mm512_castsi512_ps(b_hi), hi[r]);
+                }
+            }
+        }
+    }
+    // SAFETY: the caller's contract on `out`.
+    unsafe { store(&lo, &hi, out) }
+}
+
+/// The accumulators into `out`: straight for a whole tile, through a scratch tile for a
+/// partial one.
+#[inline(always)]
+unsafe fn store(lo: &[__m512; MR], hi: &[__m512; MR], out: Tile) {
+    let Tile { c, c_rs, h, w, accumulate } = out;
+    if h == MR && w == NR {
+        for r in 0..MR {
+            // SAFETY: the tile is whole: row r has NR writable elements at c + r * c_rs.
+            unsafe {
+                let row = c.add(r * c_rs);
+                let (mut x, mut y) = (lo[r], hi[r]);
+                if accumulate {
+                    x = _mm512_add_ps(x, _mm512_loadu_ps(row));
+                    y = _mm512_add_ps(y, _mm512_loadu_ps(row.add(16)));
+                }
+                _mm512_storeu_ps(row, x);
+                _mm512_storeu_ps(row.add(16), y);
+            }
+        }
+        return;
+    }
+    let mut whole = [0f32; MR * NR];
+    for r in 0..MR {
+        // SAFETY: `whole` has MR rows of NR.
+        unsafe {
+            _mm512_storeu_ps(whole.as_mut_ptr().add(r * NR), lo[r]);
+            _mm512_storeu_ps(whole.as_mut_ptr().add(r * NR + 16), hi[r]);
+        }
+    }
+    for r in 0..h {
+        // SAFETY: row r of the partial tile has w writable elements.
+        let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * c_rs), w) };
+        for (x, &v) in row.iter_mut().zip(&whole[r * NR..]) {
+            *x = if accumulate { *x + v } else { v };
+        }
+    }
+}
