@@ -31,16 +31,20 @@ for i in $(seq 201); do
 done > "$out/one-window.jsonl"
 head -1 "$out/one-window.jsonl" > "$out/one-window-1.jsonl"
 
-# The server on a free port; its address from its first log line.
-"$bin/qa-serve" --model "$model" --addr 127.0.0.1:0 --threads $threads 2>"$out/serve.log" &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-  url=$(sed -n 's/^qa-serve: listening on //p' "$out/serve.log")
-  [ -n "$url" ] && curl -sf "$url/health" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -sf "$url/health" >/dev/null || { echo "bench_serve: the server did not come up: $(cat "$out/serve.log")" >&2; exit 1; }
+# The server on a free port (start_server [EXTRA...]); its address from its first log line.
+start_server() {
+  "$bin/qa-serve" --model "$model" --addr 127.0.0.1:0 --threads $threads "$@" 2>"$out/serve.log" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  url=
+  for _ in $(seq 600); do
+    url=$(sed -n 's/^qa-serve: listening on //p' "$out/serve.log")
+    [ -n "$url" ] && curl -sf "$url/health" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -sf "$url/health" >/dev/null || { echo "bench_serve: the server did not come up: $(cat "$out/serve.log")" >&2; exit 1; }
+}
+start_server
 load() { "$bin/qa-serve-load" --url "$url/" --questions "$1" --requests "$2" --concurrency "$3"; }
 field() { python3 -c "import json,sys; v=json.loads(sys.argv[1])[sys.argv[2]]; print('' if v is None else round(v, 2))" "$1" "$2"; }
 rss_kib() { sed -n "s/^$1:\s*\([0-9]*\) kB/\1/p" /proc/$server/status; }
@@ -67,6 +71,20 @@ soak=$(load "$out/dev1000.jsonl" "$soak_n" 16 || true)
 rss_end=$(rss_kib VmRSS)
 growth=$(echo "$rss_warm $rss_end" | awk '{printf "%.1f", ($2 - $1) / $1 * 100}')
 kill -TERM $server; wait $server || true; trap - EXIT
+
+# bf16 GEMMs (--precision bf16) where the CPU has AVX512-BF16: latency and 8-client throughput.
+bf16_p50= bf16_p99= bf16_infer_ms= bf16_qps=
+if grep -q -w avx512_bf16 /proc/cpuinfo; then
+  start_server --precision bf16
+  load "$out/one-window.jsonl" 50 1 >/dev/null
+  one=$(load "$out/one-window.jsonl" 300 1)
+  bf16_p50=$(field "$one" p50_ms) bf16_p99=$(field "$one" p99_ms)
+  r=$(load "$out/dev1000.jsonl" 1000 8); bf16_qps=$(field "$r" questions_per_s)
+  kill -TERM $server; wait $server || true; trap - EXIT
+  t1=$(RAYON_NUM_THREADS=$threads best "$bin/qa-infer" --model "$model" --precision bf16 --jsonl "$out/one-window-1.jsonl")
+  t201=$(RAYON_NUM_THREADS=$threads best "$bin/qa-infer" --model "$model" --precision bf16 --jsonl "$out/one-window.jsonl")
+  bf16_infer_ms=$(echo "$t1 $t201" | awk '{printf "%.2f", ($2 - $1) / 200 * 1000}')
+fi
 
 torch_p50= torch_p99= torch_qps= torch_rss=
 if [ -n "$py" ] && [ -x "$py" ]; then
@@ -139,6 +157,12 @@ ratio() { [ -n "$1" ] && [ -n "$2" ] && echo "$1 $2" | awk '{printf "%.2fx", $1 
   for c in 1 8 32; do
     echo "| 1,000 dev questions, $c clients: questions/s (p50 / p99 ms; errors) | ${qps[$c]} (${p50[$c]} / ${p99[$c]}; ${errors[$c]}) | $torch_qps (batches of 8 windows) | $(ratio "${qps[$c]}" "$torch_qps") |"
   done
+  if [ -n "$bf16_p50" ]; then
+    echo "| bf16 (--precision bf16) one window: p50 ms (qa-serve HTTP) vs PyTorch fp32 | $bf16_p50 | $torch_p50 | $(ratio "$bf16_p50" "$torch_p50") |"
+    echo "| bf16 one window: p99 ms (qa-serve HTTP) vs PyTorch fp32 | $bf16_p99 | $torch_p99 | $(ratio "$bf16_p99" "$torch_p99") |"
+    echo "| bf16 one window: qa-infer --jsonl ms vs PyTorch fp32 | $bf16_infer_ms | $torch_p50 | $(ratio "$bf16_infer_ms" "$torch_p50") |"
+    echo "| bf16 1,000 dev questions, 8 clients: questions/s vs PyTorch fp32 batched | $bf16_qps | $torch_qps | $(ratio "$bf16_qps" "$torch_qps") |"
+  fi
   echo "| peak RSS MiB (server after the runs above / PyTorch script) | $peak_mib | $torch_rss | |"
   echo "| soak: $soak_n requests at 16 clients: RSS growth after warm-up (errors) | ${growth}% ($(field "$soak" errors 2>/dev/null || echo '?')) | | |"
 } | tee "$out/serve.md"

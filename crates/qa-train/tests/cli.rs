@@ -341,3 +341,41 @@ fn a_diverging_run_stops_with_an_error_and_keeps_its_last_good_checkpoint() {
         "no final model from a diverged run"
     );
 }
+
+/// `--resume` may change the precision: one warning line says the run is no longer
+/// bit-exact, and it goes on in bf16. A CPU without AVX512-BF16 refuses bf16 in one line.
+#[test]
+fn resuming_in_another_precision_warns_once_or_is_refused_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let run = tmp.path().join("run");
+    // 9 steps per epoch, 27 in all; killed once checkpoint 3 exists, resumed in bf16.
+    let three_epochs = ["--epochs", "3"];
+    let mut child = train_cmd(&i, &run, &three_epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kill_once_exists(&mut child, &run.join("checkpoints/checkpoint-3"));
+    let out = train_cmd(&i, &run, &["--epochs", "3", "--resume", "--precision", "bf16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !qa_kernels::precision::bf16_gemm_supported() {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("AVX512-BF16"), "{err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("precision")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("warning") && warnings[0].contains("f32") && warnings[0].contains("bf16") && warnings[0].contains("not bit-exact"),
+        "{err}"
+    );
+    let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();
+    assert!(config.contains("precision: bf16"), "{config}");
+    assert_eq!(steps_logged(&run).last(), Some(&27));
+    assert!(run.join("model/model.safetensors").exists());
+}
