@@ -54,7 +54,7 @@ pub unsafe fn gemm<const BF16: bool>(
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
-    (lhs, rhs): (Mat, Mat),
+    (lhs, rhs): (Mat, Rhs<'_>),
 ) {
     let block = Block::<BF16> {
         k,
@@ -65,8 +65,12 @@ pub unsafe fn gemm<const BF16: bool>(
         rhs,
     };
     // Each thread packs its own share of one operand and all of the other: split the larger
-    // side, so the smaller operand is the one packed twice.
-    let by_columns = n >= m;
+    // side, so the smaller operand is the one packed twice; with rhs packed already, split
+    // the rows unless there are too few to share.
+    let by_columns = match rhs {
+        Rhs::Strided(_) => n >= m,
+        Rhs::Packed(_) => m < MR * threads,
+    };
     let (len, tile) = if by_columns { (n, NR) } else { (m, MR) };
     let tiles = len.div_ceil(tile);
     let tasks = threads.min(tiles);
@@ -85,18 +89,61 @@ pub unsafe fn gemm<const BF16: bool>(
     }
 }
 
+/// The right operand: a matrix to pack as the product goes, or one packed beforehand.
+#[derive(Clone, Copy)]
+pub enum Rhs<'a> {
+    Strided(Mat),
+    Packed(&'a PackedRhs),
+}
+
+/// `rhs [k, n]` packed once into the panels of every k-block, for a weight that many products
+/// multiply by (inference): layout `[k-block][column tile][unit][NR]`.
+#[derive(Debug)]
+pub struct PackedRhs {
+    pub bf16: bool,
+    pub k: usize,
+    pub n: usize,
+    panels: Vec<u32>,
+}
+
+impl PackedRhs {
+    /// # Safety
+    /// `rhs` must cover `k x n` readable elements; the CPU must have AVX512-F.
+    pub unsafe fn new<const BF16: bool>(rhs: Mat, (k, n): (usize, usize)) -> Self {
+        let units = k.div_ceil(per_unit(BF16));
+        let (mut panels, mut block_panels) = (Vec::new(), Vec::new());
+        for u0 in (0..units).step_by(KC) {
+            // SAFETY: the caller's contract.
+            unsafe { pack_panels::<BF16>(rhs, k, u0..(u0 + KC).min(units), 0..n, &mut block_panels) };
+            panels.extend_from_slice(&block_panels);
+        }
+        PackedRhs { bf16: BF16, k, n, panels }
+    }
+
+    /// The panels of the k-block starting at unit `u0`, from the tile of column `j0` on.
+    fn block(&self, u0: usize, kc: usize, j0: usize) -> &[u32] {
+        let tiles = self.n.div_ceil(NR);
+        &self.panels[u0 * tiles * NR + j0 / NR * kc * NR..]
+    }
+}
+
 /// One product, of which a thread computes `dst[rows, cols]`.
 #[derive(Clone, Copy)]
-struct Block<const BF16: bool> {
+struct Block<'a, const BF16: bool> {
     k: usize,
     dst: DisjointWrites,
     dst_rs: usize,
     accumulate: bool,
     lhs: Mat,
-    rhs: Mat,
+    rhs: Rhs<'a>,
 }
 
-impl<const BF16: bool> Block<BF16> {
+// SAFETY: a packed rhs is only read; the rest is Send already.
+unsafe impl<const BF16: bool> Send for Block<'_, BF16> {}
+// SAFETY: as for Send.
+unsafe impl<const BF16: bool> Sync for Block<'_, BF16> {}
+
+impl<const BF16: bool> Block<'_, BF16> {
     unsafe fn run(&self, rows: Range<usize>, cols: Range<usize>) {
         PACKED.with(|cell| {
             let mut fresh = Default::default();
@@ -117,7 +164,13 @@ impl<const BF16: bool> Block<BF16> {
             let accumulate = self.accumulate || u0 > 0;
             // SAFETY: the reads stay inside lhs and rhs, the writes inside dst[rows, cols].
             unsafe {
-                pack_panels::<BF16>(self.rhs, self.k, block.clone(), cols.clone(), panels);
+                let panels: &[u32] = match self.rhs {
+                    Rhs::Strided(rhs) => {
+                        pack_panels::<BF16>(rhs, self.k, block.clone(), cols.clone(), panels);
+                        panels
+                    }
+                    Rhs::Packed(packed) => packed.block(u0, block.len(), cols.start),
+                };
                 for m0 in rows.clone().step_by(MC) {
                     let chunk = m0..(m0 + MC).min(rows.end);
                     let layout = pack_rows::<BF16>(self.lhs, self.k, block.clone(), chunk.clone(), packed_rows);

@@ -6,16 +6,20 @@
 //! `W`'s own layout from one GEMM, `dx` from another, `db` from parallel fixed-range sums.
 //! All three GEMMs run in the op's `Precision`.
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, last_dim, part_rows, PARTS};
 use crate::matmul::{Gemm, Mat, Threads};
+#[cfg(target_arch = "x86_64")]
+use crate::matmul::PackedRhs;
 use crate::precision::Precision;
 
-/// `x [rows, in] W^T + b` as one differentiable op (CPU tensors), its GEMMs in `precision`.
-pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor, precision: Precision) -> Result<Tensor> {
-    x.contiguous()?.apply_op3(weight, bias, DenseOp { precision })
+/// `x [rows, in] W^T + b` as one differentiable op (CPU tensors), as `op` says.
+pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor, op: &DenseOp) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(weight, bias, op.clone())
 }
 
 /// The same from candle ops: the reference, and what runs on a GPU.
@@ -24,9 +28,35 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 }
 
 /// `(x [rows, in], weight [out, in], bias [out])` → `[rows, out]`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DenseOp {
     pub precision: Precision,
+    /// In inference, the weight packed for our GEMM at the op's first forward and reused
+    /// after (`None` inside where our kernel cannot run in this precision).
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<Arc<OnceLock<Option<PackedRhs>>>>,
+}
+
+impl DenseOp {
+    /// The op for training: each product packs the weight (it changes every step).
+    pub fn new(precision: Precision) -> Self {
+        DenseOp {
+            precision,
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
+        }
+    }
+
+    /// The op for inference: the weight is packed once, at the first forward (as the GEMM
+    /// reads it, `W^T`), so products of a few rows (one window) do not repack it each call.
+    /// The weight must not change after that first forward.
+    pub fn inference(precision: Precision) -> Self {
+        DenseOp {
+            precision,
+            #[cfg(target_arch = "x86_64")]
+            packed: Some(Arc::default()),
+        }
+    }
 }
 
 impl CustomOp3 for DenseOp {
@@ -66,11 +96,19 @@ impl CustomOp3 for DenseOp {
             threads: Threads::All,
             accumulate: true,
         };
-        // SAFETY: x is rows x k, W (read as W^T, k x n) n x k, y rows x n, all contiguous.
-        unsafe {
-            let (lhs, rhs) = (Mat::rows(x.as_ptr(), k), Mat::rows(w.as_ptr(), k).t());
-            gemm.run((rows, n, k), y.as_mut_ptr(), n, lhs, rhs);
+        let (lhs, rhs) = (Mat::rows(x.as_ptr(), k), Mat::rows(w.as_ptr(), k).t());
+        #[cfg(target_arch = "x86_64")]
+        if let Some(cell) = &self.packed {
+            // SAFETY: W (read as W^T) is k x n.
+            let packed = cell.get_or_init(|| unsafe { PackedRhs::new(rhs, (k, n), self.precision) });
+            if let Some(packed) = packed.as_ref().filter(|p| p.shape() == (k, n)) {
+                // SAFETY: x is rows x k, y rows x n; the packed weight is W^T's k x n.
+                unsafe { gemm.run_packed(rows, y.as_mut_ptr(), n, lhs, packed) };
+                return Ok((CpuStorage::F32(y), Shape::from((rows, n))));
+            }
         }
+        // SAFETY: x is rows x k, W (read as W^T, k x n) n x k, y rows x n, all contiguous.
+        unsafe { gemm.run((rows, n, k), y.as_mut_ptr(), n, lhs, rhs) };
         Ok((CpuStorage::F32(y), Shape::from((rows, n))))
     }
 
@@ -187,11 +225,16 @@ mod tests {
         let b = Var::from_vec(values(n, 2.3), n, &dev).unwrap();
         let probe = Tensor::from_vec(values(rows * n, 3.4), (rows, n), &dev).unwrap();
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-        let y = fused(xt, wt, bt, Precision::F32).unwrap();
+        let y = fused(xt, wt, bt, &DenseOp::new(Precision::F32)).unwrap();
         let reference = composed(xt, wt, bt).unwrap();
         assert!(max_diff(&y, &reference) < 1e-5);
         let (g, r) = (probe_grads(&y, &probe), probe_grads(&reference, &probe));
         assert_grads_close(&g, &r, &[("x", &x), ("weight", &w), ("bias", &b)], 1e-4);
+        let inference = DenseOp::inference(Precision::F32);
+        for _ in 0..2 {
+            let packed = xt.apply_op3_no_bwd(wt, bt, &inference).unwrap();
+            assert!(max_diff(&packed, &reference) < 1e-5, "with the weight packed once");
+        }
     }
 
     /// In bf16 the output is the composed one of bf16-rounded inputs (up to f32 summation),
@@ -210,9 +253,14 @@ mod tests {
         let b = Var::from_vec(values(n, 2.3), n, &dev).unwrap();
         let probe = Tensor::from_vec(rounded(values(rows * n, 3.4)), (rows, n), &dev).unwrap();
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
-        let y = fused(xt, wt, bt, Precision::Bf16).unwrap();
+        let y = fused(xt, wt, bt, &DenseOp::new(Precision::Bf16)).unwrap();
         let reference = composed(xt, wt, bt).unwrap();
         assert!(max_diff(&y, &reference) < 1e-5);
+        let inference = DenseOp::inference(Precision::Bf16);
+        for _ in 0..2 {
+            let packed = xt.apply_op3_no_bwd(wt, bt, &inference).unwrap();
+            assert!(max_diff(&packed, &reference) < 1e-5, "with the weight packed once");
+        }
         // The probe is bf16 already; the upstream gradient of a sum-of-products is exactly it.
         let (g, r) = (probe_grads(&y, &probe), probe_grads(&reference, &probe));
         assert_grads_close(&g, &r, &[("x", &x), ("weight", &w), ("bias", &b)], 1e-4);

@@ -4,6 +4,8 @@
 //! what it multiplies and the precision says how.
 
 use crate::precision::Precision;
+#[cfg(target_arch = "x86_64")]
+use crate::avx512_gemm::Rhs;
 
 /// A strided f32 matrix: element (r, c) at `ptr + r * rs + c * cs`.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,39 @@ impl Mat {
     pub unsafe fn at(&self, r: usize, c: usize) -> f32 {
         // SAFETY: the caller keeps (r, c) inside the matrix.
         unsafe { *self.ptr.offset(r as isize * self.rs + c as isize * self.cs) }
+    }
+}
+
+/// A right operand packed once for our kernel in one precision (a weight that every
+/// inference product multiplies by): `Gemm::run_packed`.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug)]
+pub struct PackedRhs(crate::avx512_gemm::PackedRhs);
+
+#[cfg(target_arch = "x86_64")]
+impl PackedRhs {
+    /// `rhs [k, n]` packed for `precision`; `None` where the CPU cannot run our kernel in it.
+    ///
+    /// # Safety
+    /// `rhs` must cover `k x n` readable elements.
+    pub unsafe fn new(rhs: Mat, (k, n): (usize, usize), precision: Precision) -> Option<Self> {
+        use crate::avx512_gemm::PackedRhs as Packed;
+        // SAFETY: the caller's contract; the CPU has the instructions (checked).
+        unsafe {
+            match precision {
+                Precision::F32 if avx512f() => Some(PackedRhs(Packed::new::<false>(rhs, (k, n)))),
+                Precision::Bf16 if precision.supported() => Some(PackedRhs(Packed::new::<true>(rhs, (k, n)))),
+                _ => None,
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PackedRhs {
+    /// `(k, n)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.0.k, self.0.n)
     }
 }
 
@@ -105,7 +140,7 @@ impl Gemm {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's contract; the CPU has AVX512-F.
             Precision::F32 if avx512f() && self.ours_in_f32(m) => unsafe {
-                crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, rhs))
+                crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, Rhs::Strided(rhs)))
             },
             // SAFETY: the caller's contract is gemm's.
             Precision::F32 => unsafe { self.gemm_crate((m, n, k), dst, dst_rs, lhs, rhs) },
@@ -117,8 +152,31 @@ impl Gemm {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the caller's contract; the CPU has the kernel's instructions.
                 unsafe {
-                    crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, rhs))
+                    crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, Rhs::Strided(rhs)))
                 }
+            }
+        }
+    }
+
+    /// `dst [m, n] = lhs [m, k] · rhs` (+ `dst` when accumulating) for an `rhs` packed
+    /// beforehand (`PackedRhs::new`, in this precision): always our kernel.
+    ///
+    /// # Safety
+    /// As `run`'s for `dst` and `lhs`.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn run_packed(&self, m: usize, dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: &PackedRhs) {
+        let (n, k) = (rhs.0.n, rhs.0.k);
+        assert_eq!(rhs.0.bf16, self.precision == Precision::Bf16, "rhs packed for another precision");
+        if m == 0 || n == 0 || k == 0 {
+            // SAFETY: the caller's contract; k = 0 reads nothing.
+            return unsafe { self.run((m, n, k), dst, dst_rs, lhs, lhs) };
+        }
+        let (threads, operands) = (self.threads.count(), (lhs, Rhs::Packed(&rhs.0)));
+        // SAFETY: the caller's contract; rhs is k x n.
+        unsafe {
+            match self.precision {
+                Precision::F32 => crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
+                Precision::Bf16 => crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
             }
         }
     }
@@ -129,7 +187,7 @@ impl Gemm {
     /// As `run`'s, and the CPU must have AVX512-F (and AVX512-BF16 for bf16).
     #[cfg(target_arch = "x86_64")]
     pub unsafe fn our_kernel(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
-        let (threads, operands) = (self.threads.count(), (lhs, rhs));
+        let (threads, operands) = (self.threads.count(), (lhs, Rhs::Strided(rhs)));
         // SAFETY: the caller's contract.
         unsafe {
             match self.precision {
@@ -220,11 +278,20 @@ mod tests {
                 (Mat::rows(lhs.as_ptr(), k), Mat::rows(rhs.as_ptr(), n)),
                 (Mat::rows(lhs_t.as_ptr(), m).t(), Mat::rows(rhs_t.as_ptr(), k).t()),
             ] {
-                let mut dst = start.clone();
                 let gemm = Gemm { precision, threads, accumulate };
+                let mut dst = start.clone();
                 // SAFETY: the buffers are m x k, k x n and m x n.
                 unsafe { gemm.run((m, n, k), dst.as_mut_ptr(), n, a, b) };
-                for (i, (&got, &want)) in dst.iter().zip(&exact).enumerate() {
+                let mut results = vec![dst];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above; the packed copy is of b, k x n.
+                if let Some(packed) = unsafe { PackedRhs::new(b, (k, n), precision) } {
+                    let mut dst = start.clone();
+                    unsafe { gemm.run_packed(m, dst.as_mut_ptr(), n, a, &packed) };
+                    results.push(dst);
+                }
+                for (i, (&got, &want)) in results.iter().flatten().zip(exact.iter().cycle()).enumerate() {
+                    let i = i % exact.len();
                     let want = want + if accumulate { f64::from(start[i]) } else { 0.0 };
                     // f32 summation of k products of magnitude <= 1: k ulps of the sum's scale.
                     let tolerance = 2.0 * k as f64 * f64::from(f32::EPSILON) * (1.0 + want.abs());

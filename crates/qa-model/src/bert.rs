@@ -6,12 +6,13 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Embedding;
 use qa_kernels::attention::{self, AttentionCore};
+use qa_kernels::dense::DenseOp;
 
 use crate::config::BertConfig;
 use crate::dropout::{maybe_dropout, DropoutRng};
 use crate::nn::{gelu, softmax, AttentionMask, LayerNorm, Linear};
 use crate::params::Params;
-use crate::plan::{Kernel, RunPlan};
+use crate::plan::{Kernel, Mode, RunPlan};
 use crate::schema::{self, LayerNames};
 
 /// Inputs of one batch, padded to a common length: `input_ids`/`token_type_ids` u32
@@ -75,11 +76,18 @@ impl Builder<'_> {
     }
 
     fn linear(&self, prefix: &str) -> Result<Linear> {
+        let weight = self.tensor(&format!("{prefix}.weight"))?;
+        let precision = self.plan.precision();
+        // Inference weights do not change once the model runs: packed once for the GEMM.
+        let op = match (self.plan.mode, self.plan.dense) {
+            (Mode::Inference, Kernel::Fused) => DenseOp::inference(precision),
+            _ => DenseOp::new(precision),
+        };
         Ok(Linear {
-            weight: self.tensor(&format!("{prefix}.weight"))?,
             bias: self.tensor(&format!("{prefix}.bias"))?,
+            weight,
             kernel: self.plan.dense,
-            precision: self.plan.precision(),
+            op,
         })
     }
 

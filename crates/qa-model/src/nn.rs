@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
-use qa_kernels::{attention, dense, gelu, layer_norm, softmax, Precision};
+use qa_kernels::{attention, dense, gelu, layer_norm, softmax};
 
 use crate::plan::Kernel;
 
@@ -18,8 +18,8 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
     pub kernel: Kernel,
-    /// The GEMMs' arithmetic (the fused kernel's; the composed one is f32).
-    pub precision: Precision,
+    /// The fused kernel's op: its precision, and in inference the weight packed once.
+    pub op: dense::DenseOp,
 }
 
 impl Linear {
@@ -30,7 +30,7 @@ impl Linear {
         let x = x.reshape((rows, in_dim))?;
         let y = match self.kernel {
             Kernel::Fused | Kernel::FusedForwardOnly => {
-                dense::fused(&x, &self.weight, &self.bias, self.precision)?
+                dense::fused(&x, &self.weight, &self.bias, &self.op)?
             }
             Kernel::Composed | Kernel::CandleForwardOnly => {
                 dense::composed(&x, &self.weight, &self.bias)?
