@@ -385,8 +385,8 @@ unsafe fn tile<const BF16: bool>(kc: usize, (sliver, layout): (&[u32], RowLayout
             for r in 0..MR {
                 let a_r = _mm512_set1_epi32(*a.add(r * layout.row + p * layout.unit));
                 if BF16 {
-                    let (a_r, b_lo, b_hi): (__m512bh, __m512bh, __m512bh) =
-                        (std::mem::transmute(a_r), std::mem::transmute(b_lo), std::mem::transmute(b_hi));
+                    let bh = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
+                    let (a_r, b_lo, b_hi) = (bh(a_r), bh(b_lo), bh(b_hi));
                     lo[r] = _mm512_dpbf16_ps(lo[r], a_r, b_lo);
                     hi[r] = _mm512_dpbf16_ps(hi[r], a_r, b_hi);
                 } else {

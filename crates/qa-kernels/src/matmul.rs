@@ -287,6 +287,7 @@ mod tests {
                 // SAFETY: as above; the packed copy is of b, k x n.
                 if let Some(packed) = unsafe { PackedRhs::new(b, (k, n), precision) } {
                     let mut dst = start.clone();
+                    // SAFETY: a is m x k, dst m x n.
                     unsafe { gemm.run_packed(m, dst.as_mut_ptr(), n, a, &packed) };
                     results.push(dst);
                 }

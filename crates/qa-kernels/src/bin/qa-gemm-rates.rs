@@ -104,6 +104,10 @@ fn rate(shape: &Shape, which: Which, seconds: f64) -> f64 {
 }
 
 fn main() {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        println!("qa-gemm-rates: this CPU has no AVX-512: no rates to compare (f32 runs on the gemm crate alone)");
+        return;
+    }
     let rows = arg("--rows", 3072.0) as usize;
     let (h, i, d) = (arg("--hidden", 384.0) as usize, arg("--intermediate", 1536.0) as usize, arg("--head-dim", 32.0) as usize);
     let len = arg("--len", 384.0) as usize;
@@ -153,11 +157,13 @@ mod peaks {
 
     pub fn f32_fma(threads: usize) -> f64 {
         // 12 independent FMA chains of 16 lanes: 12 x 16 x 2 flops per iteration.
+        // SAFETY: main returns early on a CPU without AVX512-F.
         on_threads(threads, 12.0 * 32.0, |iters| unsafe { fma_loop(iters) })
     }
 
     pub fn bf16_dot(threads: usize) -> Option<f64> {
         // 12 chains of 16 lanes, each lane 2 products: 12 x 16 x 4 flops per iteration.
+        // SAFETY: called only where the CPU has AVX512-BF16 (main checks).
         Some(on_threads(threads, 12.0 * 64.0, |iters| unsafe { dot_loop(iters) }))
     }
 
@@ -180,7 +186,8 @@ mod peaks {
     unsafe fn dot_loop(iters: u64) -> f32 {
         use std::arch::x86_64::*;
         let mut acc = [_mm512_set1_ps(0.0); 12];
-        let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi16(0x3c00)) };
+        // SAFETY: a bit cast between two 512-bit vector types.
+        let a = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi16(0x3c00)) };
         for _ in 0..iters {
             for x in acc.iter_mut() {
                 *x = _mm512_dpbf16_ps(*x, a, a);
