@@ -24,7 +24,7 @@ evaluate() {
   "$bin/qa-eval" --config "pipelines/$pipeline.yaml" --model "$1/model" --features "$run/dev.features.parquet" \
     --examples "$run/dev.examples.parquet" --output "$3" --precision "$2" --quiet >/dev/null
   t1=$(date +%s.%N)
-  python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["exact_match"], m["f1"], round(float(sys.argv[3])-float(sys.argv[2]),1))' \
+  python3 -c 'import json,sys; m=json.load(open(sys.argv[1]))["metrics"]; print(m["exact_match"], m["f1"], round(float(sys.argv[3])-float(sys.argv[2]),1))' \
     "$3/metrics.json" "$t0" "$t1"
 }
 read -r em32 f132 s32 < <(evaluate "$run-f32" f32 "$run-f32/eval-f32")

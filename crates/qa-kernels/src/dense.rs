@@ -47,9 +47,9 @@ impl DenseOp {
         }
     }
 
-    /// The op for inference: the weight is packed once, at the first forward (as the GEMM
-    /// reads it, `W^T`), so products of a few rows (one window) do not repack it each call.
-    /// The weight must not change after that first forward.
+    /// The op for inference: the weight is packed once, at the first forward that runs on our
+    /// kernel (as the GEMM reads it, `W^T`), so products of a few rows (one window) do not
+    /// repack it each call. The weight must not change after that first forward.
     pub fn inference(precision: Precision) -> Self {
         DenseOp {
             precision,
@@ -98,7 +98,7 @@ impl CustomOp3 for DenseOp {
         };
         let (lhs, rhs) = (Mat::rows(x.as_ptr(), k), Mat::rows(w.as_ptr(), k).t());
         #[cfg(target_arch = "x86_64")]
-        if let Some(cell) = &self.packed {
+        if let Some(cell) = self.packed.as_ref().filter(|_| gemm.uses_our_kernel(rows)) {
             // SAFETY: W (read as W^T) is k x n.
             let packed = cell.get_or_init(|| unsafe { PackedRhs::new(rhs, (k, n), self.precision) });
             if let Some(packed) = packed.as_ref().filter(|p| p.shape() == (k, n)) {

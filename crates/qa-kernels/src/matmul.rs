@@ -197,6 +197,14 @@ impl Gemm {
         }
     }
 
+    /// Whether `run` takes our kernel for a product of `m` rows (so a packed rhs would serve).
+    pub fn uses_our_kernel(&self, m: usize) -> bool {
+        match self.precision {
+            Precision::Bf16 => true,
+            Precision::F32 => avx512f() && self.ours_in_f32(m),
+        }
+    }
+
     /// Whether our kernel beats the `gemm` crate in f32 on a product of `m` rows. Measured
     /// with `qa-gemm-rates` on 2 Zen 5 cores: ours 1.0-2.1x the crate's on the dense layers of
     /// one 150-token window (the crate's threading starves on so few rows), 0.8-1.1x at 3072

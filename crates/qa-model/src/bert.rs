@@ -127,7 +127,7 @@ impl Builder<'_> {
                 norm: self.layer_norm(&n.attention_norm)?,
                 heads: c.num_attention_heads,
                 core: self.plan.attention,
-                precision: self.plan.precision(),
+                precision: self.plan.attention_precision(),
                 softmax: self.plan.norm,
                 attention_dropout: c.attention_probs_dropout_prob,
                 hidden_dropout: c.hidden_dropout_prob,
