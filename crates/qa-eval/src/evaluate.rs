@@ -385,7 +385,11 @@ pub fn evaluate(
     let writer = comm.rank() == 0;
     let loaded = (|| {
         let set = EvalSet::load(inputs.features, inputs.examples, inputs.shard)?;
-        let ck = Checkpoint::load(inputs.model, 0, &RunPlan::inference(inputs.device.clone(), inputs.precision))?;
+        let ck = Checkpoint::load(
+            inputs.model,
+            0,
+            &RunPlan::inference(inputs.device.clone(), inputs.precision),
+        )?;
         set.check_tokenizer(&ck.dir)?;
         Ok((set, ck))
     })();

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use qa_infer::{Answer, InferSettings, Inferencer};
+use qa_model::RunPlan;
 use serde::Deserialize;
 use squad_core::exit::finish;
-use qa_model::RunPlan;
 use squad_core::{Feature, Precision};
 
 /// Answer questions with a BERT QA checkpoint (a local directory or a Hugging Face hub id).

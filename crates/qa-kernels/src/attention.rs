@@ -20,9 +20,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, DisjointWrites};
+use crate::dropout::{MaskLayout, PhiloxDropout, Runs};
 use crate::matmul::{Gemm, Mat, Threads};
 use crate::precision::Precision;
-use crate::dropout::{MaskLayout, PhiloxDropout, Runs};
 
 /// Additive attention mask `[batch, 1, 1, len]` from a 0/1 mask `[batch, len]`: 0 where
 /// attended, f32::MIN on padding (HF's `finfo(float32).min`).
@@ -148,7 +148,12 @@ fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
 }
 
 impl AttentionCore {
-    pub fn new(heads: usize, mask: Arc<[f32]>, dropout: Option<PhiloxDropout>, precision: Precision) -> Self {
+    pub fn new(
+        heads: usize,
+        mask: Arc<[f32]>,
+        dropout: Option<PhiloxDropout>,
+        precision: Precision,
+    ) -> Self {
         AttentionCore {
             heads,
             mask,
@@ -163,7 +168,14 @@ impl AttentionCore {
     ///
     /// # Safety
     /// As `Gemm::run`'s.
-    unsafe fn matmul(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+    unsafe fn matmul(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_rs: usize,
+        lhs: Mat,
+        rhs: Mat,
+    ) {
         let gemm = Gemm {
             precision: self.precision,
             threads: Threads::One,
@@ -470,18 +482,46 @@ mod tests {
         let qkv = Var::from_vec(values(b * l * w, 0.4), (b, l, w), &dev).unwrap();
         let probe = Tensor::from_vec(values(b * l * heads * d, 1.9), (b, l, heads * d), &dev);
         let probe = probe.unwrap();
-        let mask: Vec<f32> = (0..b * l).map(|i| if i % l < 40 { 0.0 } else { f32::MIN }).collect();
-        let dropout = PhiloxDropout { seed: 5, stream: 1, p: 0.1, first_row: 0, layout: MaskLayout::Rows };
+        let mask: Vec<f32> = (0..b * l)
+            .map(|i| if i % l < 40 { 0.0 } else { f32::MIN })
+            .collect();
+        let dropout = PhiloxDropout {
+            seed: 5,
+            stream: 1,
+            p: 0.1,
+            first_row: 0,
+            layout: MaskLayout::Rows,
+        };
         let run = |precision| {
             let op = AttentionCore::new(heads, mask.clone().into(), Some(dropout), precision);
             let y = op.forward(qkv.as_tensor()).unwrap();
-            let g = probe_grads(&y, &probe).get(qkv.as_tensor()).unwrap().clone();
+            let g = probe_grads(&y, &probe)
+                .get(qkv.as_tensor())
+                .unwrap()
+                .clone();
             (y, g)
         };
         let ((y32, g32), (y16, g16)) = (run(Precision::F32), run(Precision::Bf16));
-        let scale = |t: &Tensor| t.abs().unwrap().max_keepdim(0).unwrap().max_keepdim(1).unwrap().max_keepdim(2).unwrap().to_vec3::<f32>().unwrap()[0][0][0];
-        let (dy, dg) = (max_diff(&y16, &y32) / scale(&y32), max_diff(&g16, &g32) / scale(&g32));
-        assert!(dy < 0.03 && dg < 0.03, "relative differences: forward {dy}, gradient {dg}");
+        let scale = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_keepdim(0)
+                .unwrap()
+                .max_keepdim(1)
+                .unwrap()
+                .max_keepdim(2)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap()[0][0][0]
+        };
+        let (dy, dg) = (
+            max_diff(&y16, &y32) / scale(&y32),
+            max_diff(&g16, &g32) / scale(&g32),
+        );
+        assert!(
+            dy < 0.03 && dg < 0.03,
+            "relative differences: forward {dy}, gradient {dg}"
+        );
         assert!(dy > 0.0 && dg > 0.0, "bf16 rounded nothing");
     }
 }

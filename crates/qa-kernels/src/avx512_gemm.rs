@@ -74,7 +74,8 @@ pub unsafe fn gemm<const BF16: bool>(
     let (len, tile) = if by_columns { (n, NR) } else { (m, MR) };
     let tiles = len.div_ceil(tile);
     let tasks = threads.min(tiles);
-    let share = |t: usize| (t * tiles / tasks * tile).min(len)..((t + 1) * tiles / tasks * tile).min(len);
+    let share =
+        |t: usize| (t * tiles / tasks * tile).min(len)..((t + 1) * tiles / tasks * tile).min(len);
     let run = |t: usize| {
         let (rows, cols) = match by_columns {
             true => (0..m, share(t)),
@@ -114,10 +115,17 @@ impl PackedRhs {
         let (mut panels, mut block_panels) = (Vec::new(), Vec::new());
         for u0 in (0..units).step_by(KC) {
             // SAFETY: the caller's contract.
-            unsafe { pack_panels::<BF16>(rhs, k, u0..(u0 + KC).min(units), 0..n, &mut block_panels) };
+            unsafe {
+                pack_panels::<BF16>(rhs, k, u0..(u0 + KC).min(units), 0..n, &mut block_panels)
+            };
             panels.extend_from_slice(&block_panels);
         }
-        PackedRhs { bf16: BF16, k, n, panels }
+        PackedRhs {
+            bf16: BF16,
+            k,
+            n,
+            panels,
+        }
     }
 
     /// The panels of the k-block starting at unit `u0`, from the tile of column `j0` on.
@@ -157,7 +165,13 @@ impl<const BF16: bool> Block<'_, BF16> {
         })
     }
 
-    unsafe fn run_with(&self, rows: Range<usize>, cols: Range<usize>, packed_rows: &mut Vec<u32>, panels: &mut Vec<u32>) {
+    unsafe fn run_with(
+        &self,
+        rows: Range<usize>,
+        cols: Range<usize>,
+        packed_rows: &mut Vec<u32>,
+        panels: &mut Vec<u32>,
+    ) {
         let units = self.k.div_ceil(per_unit(BF16));
         for u0 in (0..units).step_by(KC) {
             let block = u0..(u0 + KC).min(units);
@@ -173,8 +187,20 @@ impl<const BF16: bool> Block<'_, BF16> {
                 };
                 for m0 in rows.clone().step_by(MC) {
                     let chunk = m0..(m0 + MC).min(rows.end);
-                    let layout = pack_rows::<BF16>(self.lhs, self.k, block.clone(), chunk.clone(), packed_rows);
-                    self.tiles(block.len(), (chunk, cols.clone()), (packed_rows, layout), panels, accumulate);
+                    let layout = pack_rows::<BF16>(
+                        self.lhs,
+                        self.k,
+                        block.clone(),
+                        chunk.clone(),
+                        packed_rows,
+                    );
+                    self.tiles(
+                        block.len(),
+                        (chunk, cols.clone()),
+                        (packed_rows, layout),
+                        panels,
+                        accumulate,
+                    );
                 }
             }
         }
@@ -196,7 +222,13 @@ impl<const BF16: bool> Block<'_, BF16> {
                 let (h, w) = (MR.min(rows.end - i0), NR.min(cols.end - j0));
                 // SAFETY: (i0, j0) + (h, w) lies inside dst[rows, cols].
                 let c = unsafe { self.dst.0.add(i0 * self.dst_rs + j0) };
-                let out = Tile { c, c_rs: self.dst_rs, h, w, accumulate };
+                let out = Tile {
+                    c,
+                    c_rs: self.dst_rs,
+                    h,
+                    w,
+                    accumulate,
+                };
                 // SAFETY: the sliver and panel hold kc units; c is h x w with rows dst_rs apart.
                 unsafe {
                     match BF16 {
@@ -231,7 +263,8 @@ fn units_of_run<const BF16: bool>(src: &[f32], dst: &mut [u32]) {
     if BF16 {
         // Little-endian: the u16 halves of dst, in order, are the run's values in order.
         // SAFETY: dst's u32s are 2 * len u16s, aligned for u16.
-        let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, 2 * dst.len()) };
+        let halves =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, 2 * dst.len()) };
         for (h, &s) in halves.iter_mut().zip(src) {
             *h = round_bits(s);
         }
@@ -250,11 +283,17 @@ fn units_of_run<const BF16: bool>(src: &[f32], dst: &mut [u32]) {
 #[inline(always)]
 fn units_of_rows<const BF16: bool>(first: &[f32], second: &[f32], dst: &mut [u32]) {
     if BF16 && second.is_empty() {
-        dst.iter_mut().zip(first).for_each(|(d, &a)| *d = unit::<BF16>(a, 0.0));
+        dst.iter_mut()
+            .zip(first)
+            .for_each(|(d, &a)| *d = unit::<BF16>(a, 0.0));
     } else if BF16 {
-        dst.iter_mut().zip(first.iter().zip(second)).for_each(|(d, (&a, &b))| *d = unit::<BF16>(a, b));
+        dst.iter_mut()
+            .zip(first.iter().zip(second))
+            .for_each(|(d, (&a, &b))| *d = unit::<BF16>(a, b));
     } else {
-        dst.iter_mut().zip(first).for_each(|(d, &a)| *d = a.to_bits());
+        dst.iter_mut()
+            .zip(first)
+            .for_each(|(d, &a)| *d = a.to_bits());
     }
 }
 
@@ -271,7 +310,13 @@ unsafe fn run<'a>(m: Mat, start: isize, len: usize) -> &'a [f32] {
 /// side: row after row (row-major lhs), or unit after unit across the rows (lhs stored
 /// transposed). Zero past `k` and past the last row.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_rows<const BF16: bool>(lhs: Mat, k: usize, block: Range<usize>, rows: Range<usize>, out: &mut Vec<u32>) -> RowLayout {
+unsafe fn pack_rows<const BF16: bool>(
+    lhs: Mat,
+    k: usize,
+    block: Range<usize>,
+    rows: Range<usize>,
+    out: &mut Vec<u32>,
+) -> RowLayout {
     let (kc, per) = (block.len(), per_unit(BF16));
     let padded = rows.len().div_ceil(MR) * MR;
     out.clear();
@@ -282,21 +327,42 @@ unsafe fn pack_rows<const BF16: bool>(lhs: Mat, k: usize, block: Range<usize>, r
         for (p, units) in out.chunks_exact_mut(padded).enumerate() {
             let kk = k0 + per * p;
             // SAFETY: columns kk (and kk + 1 when inside k), rows `rows`, lie inside lhs.
-            let column = |kk: usize| unsafe { run(lhs, kk as isize * lhs.cs + rows.start as isize, rows.len()) };
-            let second: &[f32] = if BF16 && kk + 1 < k1 { column(kk + 1) } else { &[] };
+            let column = |kk: usize| unsafe {
+                run(lhs, kk as isize * lhs.cs + rows.start as isize, rows.len())
+            };
+            let second: &[f32] = if BF16 && kk + 1 < k1 {
+                column(kk + 1)
+            } else {
+                &[]
+            };
             units_of_rows::<BF16>(column(kk), second, &mut units[..rows.len()]);
         }
-        return RowLayout { row: 1, unit: padded };
+        return RowLayout {
+            row: 1,
+            unit: padded,
+        };
     }
     for (r, units) in out.chunks_exact_mut(kc).take(rows.len()).enumerate() {
         let i = rows.start + r;
         match lhs.cs {
             // SAFETY: row i, columns k0..k1, lies inside lhs.
-            1 => units_of_run::<BF16>(unsafe { run(lhs, i as isize * lhs.rs + k0 as isize, k1 - k0) }, units),
+            1 => units_of_run::<BF16>(
+                unsafe { run(lhs, i as isize * lhs.rs + k0 as isize, k1 - k0) },
+                units,
+            ),
             _ => {
                 // SAFETY: i < m and kk < k.
-                let at = |kk: usize| if kk < k1 { unsafe { lhs.at(i, kk) } } else { 0.0 };
-                units.iter_mut().enumerate().for_each(|(p, u)| *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1)));
+                let at = |kk: usize| {
+                    if kk < k1 {
+                        unsafe { lhs.at(i, kk) }
+                    } else {
+                        0.0
+                    }
+                };
+                units
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(p, u)| *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1)));
             }
         }
     }
@@ -306,7 +372,13 @@ unsafe fn pack_rows<const BF16: bool>(lhs: Mat, k: usize, block: Range<usize>, r
 /// Columns `cols` of `rhs`, k-units `block`, as `NR`-wide panels: for each unit p, the `NR`
 /// columns' units side by side (zero past `k` and past the last column).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_panels<const BF16: bool>(rhs: Mat, k: usize, block: Range<usize>, cols: Range<usize>, out: &mut Vec<u32>) {
+unsafe fn pack_panels<const BF16: bool>(
+    rhs: Mat,
+    k: usize,
+    block: Range<usize>,
+    cols: Range<usize>,
+    out: &mut Vec<u32>,
+) {
     let (kc, per) = (block.len(), per_unit(BF16));
     out.clear();
     out.resize(cols.len().div_ceil(NR) * kc * NR, 0);
@@ -320,8 +392,13 @@ unsafe fn pack_panels<const BF16: bool>(rhs: Mat, k: usize, block: Range<usize>,
             for (p, units) in panel.chunks_exact_mut(NR).enumerate() {
                 let kk = k0 + per * p;
                 // SAFETY: rows kk (and kk + 1 inside k), columns j0..j0 + width, lie inside rhs.
-                let row = |kk: usize| unsafe { run(rhs, kk as isize * rhs.rs + j0 as isize, width) };
-                let second: &[f32] = if BF16 && kk + 1 < k1 { row(kk + 1) } else { &[] };
+                let row =
+                    |kk: usize| unsafe { run(rhs, kk as isize * rhs.rs + j0 as isize, width) };
+                let second: &[f32] = if BF16 && kk + 1 < k1 {
+                    row(kk + 1)
+                } else {
+                    &[]
+                };
                 units_of_rows::<BF16>(row(kk), second, &mut units[..width]);
             }
             continue;
@@ -335,7 +412,13 @@ unsafe fn pack_panels<const BF16: bool>(rhs: Mat, k: usize, block: Range<usize>,
                 units_of_run::<BF16>(column, &mut column_units[..kc]);
             } else {
                 // SAFETY: kk < k and j < n.
-                let at = |kk: usize| if kk < k1 { unsafe { rhs.at(kk, j) } } else { 0.0 };
+                let at = |kk: usize| {
+                    if kk < k1 {
+                        unsafe { rhs.at(kk, j) }
+                    } else {
+                        0.0
+                    }
+                };
                 for (p, u) in column_units[..kc].iter_mut().enumerate() {
                     *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1));
                 }
@@ -372,7 +455,12 @@ unsafe fn tile_f32(kc: usize, sliver: (&[u32], RowLayout), panel: &[u32], out: T
 /// `out` (+)= sliver `[MR, kc units]` · panel `[kc units, NR]`: the microkernel. Inlined into
 /// `tile_f32` / `tile_bf16`, which enable the instructions it uses.
 #[inline(always)]
-unsafe fn tile<const BF16: bool>(kc: usize, (sliver, layout): (&[u32], RowLayout), panel: &[u32], out: Tile) {
+unsafe fn tile<const BF16: bool>(
+    kc: usize,
+    (sliver, layout): (&[u32], RowLayout),
+    panel: &[u32],
+    out: Tile,
+) {
     // SAFETY: the callers enable AVX512-F.
     let (mut lo, mut hi) = unsafe { ([_mm512_setzero_ps(); MR], [_mm512_setzero_ps(); MR]) };
     let (a, b) = (sliver.as_ptr() as *const i32, panel.as_ptr());
@@ -405,7 +493,13 @@ unsafe fn tile<const BF16: bool>(kc: usize, (sliver, layout): (&[u32], RowLayout
 /// partial one.
 #[inline(always)]
 unsafe fn store(lo: &[__m512; MR], hi: &[__m512; MR], out: Tile) {
-    let Tile { c, c_rs, h, w, accumulate } = out;
+    let Tile {
+        c,
+        c_rs,
+        h,
+        w,
+        accumulate,
+    } = out;
     if h == MR && w == NR {
         for r in 0..MR {
             // SAFETY: the tile is whole: row r has NR writable elements at c + r * c_rs.

@@ -55,9 +55,20 @@ mod tests {
         // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even).
         assert_eq!(round(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
         // Just above halfway rounds up.
-        assert_eq!(round(f32::from_bits(1f32.to_bits() + 0x8001)), 1.0 + 2f32.powi(-7));
+        assert_eq!(
+            round(f32::from_bits(1f32.to_bits() + 0x8001)),
+            1.0 + 2f32.powi(-7)
+        );
         assert_eq!(round(-1.0 - 2f32.powi(-8)), -1.0);
-        for exact in [0.0f32, -0.0, 1.0, -2.5, 65536.0, f32::INFINITY, f32::NEG_INFINITY] {
+        for exact in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            65536.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
             assert_eq!(round(exact).to_bits(), exact.to_bits());
         }
         assert!(round(f32::NAN).is_nan());

@@ -12,9 +12,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, S
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, last_dim, part_rows, PARTS};
-use crate::matmul::{Gemm, Mat, Threads};
 #[cfg(target_arch = "x86_64")]
 use crate::matmul::PackedRhs;
+use crate::matmul::{Gemm, Mat, Threads};
 use crate::precision::Precision;
 
 /// `x [rows, in] W^T + b` as one differentiable op (CPU tensors), as `op` says.
@@ -100,7 +100,8 @@ impl CustomOp3 for DenseOp {
         #[cfg(target_arch = "x86_64")]
         if let Some(cell) = self.packed.as_ref().filter(|_| gemm.uses_our_kernel(rows)) {
             // SAFETY: W (read as W^T) is k x n.
-            let packed = cell.get_or_init(|| unsafe { PackedRhs::new(rhs, (k, n), self.precision) });
+            let packed =
+                cell.get_or_init(|| unsafe { PackedRhs::new(rhs, (k, n), self.precision) });
             if let Some(packed) = packed.as_ref().filter(|p| p.shape() == (k, n)) {
                 // SAFETY: x is rows x k, y rows x n; the packed weight is W^T's k x n.
                 unsafe { gemm.run_packed(rows, y.as_mut_ptr(), n, lhs, packed) };
@@ -166,7 +167,12 @@ impl CustomOp2 for Product {
             false => a_rows,
         };
         if (if self.transpose_lhs { a_rows } else { a_cols }) != k {
-            candle_core::bail!("product: {:?} and {:?} (transpose {})", l1.dims(), l2.dims(), self.transpose_lhs);
+            candle_core::bail!(
+                "product: {:?} and {:?} (transpose {})",
+                l1.dims(),
+                l2.dims(),
+                self.transpose_lhs
+            );
         }
         let mut out = vec![0f32; m * n];
         let gemm = Gemm {
@@ -175,7 +181,15 @@ impl CustomOp2 for Product {
             accumulate: false,
         };
         // SAFETY: lhs is m x k, rhs k x n, out m x n, all inside their buffers.
-        unsafe { gemm.run((m, n, k), out.as_mut_ptr(), n, lhs, Mat::rows(b.as_ptr(), n)) };
+        unsafe {
+            gemm.run(
+                (m, n, k),
+                out.as_mut_ptr(),
+                n,
+                lhs,
+                Mat::rows(b.as_ptr(), n),
+            )
+        };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
@@ -233,7 +247,10 @@ mod tests {
         let inference = DenseOp::inference(Precision::F32);
         for _ in 0..2 {
             let packed = xt.apply_op3_no_bwd(wt, bt, &inference).unwrap();
-            assert!(max_diff(&packed, &reference) < 1e-5, "with the weight packed once");
+            assert!(
+                max_diff(&packed, &reference) < 1e-5,
+                "with the weight packed once"
+            );
         }
     }
 
@@ -259,7 +276,10 @@ mod tests {
         let inference = DenseOp::inference(Precision::Bf16);
         for _ in 0..2 {
             let packed = xt.apply_op3_no_bwd(wt, bt, &inference).unwrap();
-            assert!(max_diff(&packed, &reference) < 1e-5, "with the weight packed once");
+            assert!(
+                max_diff(&packed, &reference) < 1e-5,
+                "with the weight packed once"
+            );
         }
         // The probe is bf16 already; the upstream gradient of a sum-of-products is exactly it.
         let (g, r) = (probe_grads(&y, &probe), probe_grads(&reference, &probe));

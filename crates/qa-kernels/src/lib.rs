@@ -8,9 +8,9 @@
 //! layer and GELU make many passes over the activations (and on a GPU, many launches).
 
 pub mod attention;
-pub mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod avx512_gemm;
+pub mod bf16;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

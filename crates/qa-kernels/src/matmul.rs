@@ -3,9 +3,9 @@
 //! (`Gemm::ours_in_f32`), the same kernel of ours with FMAs. One entry point, so an op says
 //! what it multiplies and the precision says how.
 
-use crate::precision::Precision;
 #[cfg(target_arch = "x86_64")]
 use crate::avx512_gemm::Rhs;
+use crate::precision::Precision;
 
 /// A strided f32 matrix: element (r, c) at `ptr + r * rs + c * cs`.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +69,9 @@ impl PackedRhs {
         unsafe {
             match precision {
                 Precision::F32 if avx512f() => Some(PackedRhs(Packed::new::<false>(rhs, (k, n)))),
-                Precision::Bf16 if precision.supported() => Some(PackedRhs(Packed::new::<true>(rhs, (k, n)))),
+                Precision::Bf16 if precision.supported() => {
+                    Some(PackedRhs(Packed::new::<true>(rhs, (k, n))))
+                }
                 _ => None,
             }
         }
@@ -122,7 +124,14 @@ impl Gemm {
     /// # Panics
     /// With `Precision::Bf16` on a CPU without AVX512-BF16 (runs check this up front with
     /// `Precision::require_supported`).
-    pub unsafe fn run(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+    pub unsafe fn run(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_rs: usize,
+        lhs: Mat,
+        rhs: Mat,
+    ) {
         if m == 0 || n == 0 {
             return;
         }
@@ -140,7 +149,14 @@ impl Gemm {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the caller's contract; the CPU has AVX512-F.
             Precision::F32 if avx512f() && self.ours_in_f32(m) => unsafe {
-                crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, Rhs::Strided(rhs)))
+                crate::avx512_gemm::gemm::<false>(
+                    threads,
+                    (m, n, k),
+                    dst,
+                    dst_rs,
+                    self.accumulate,
+                    (lhs, Rhs::Strided(rhs)),
+                )
             },
             // SAFETY: the caller's contract is gemm's.
             Precision::F32 => unsafe { self.gemm_crate((m, n, k), dst, dst_rs, lhs, rhs) },
@@ -152,7 +168,14 @@ impl Gemm {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the caller's contract; the CPU has the kernel's instructions.
                 unsafe {
-                    crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, (lhs, Rhs::Strided(rhs)))
+                    crate::avx512_gemm::gemm::<true>(
+                        threads,
+                        (m, n, k),
+                        dst,
+                        dst_rs,
+                        self.accumulate,
+                        (lhs, Rhs::Strided(rhs)),
+                    )
                 }
             }
         }
@@ -164,9 +187,20 @@ impl Gemm {
     /// # Safety
     /// As `run`'s for `dst` and `lhs`.
     #[cfg(target_arch = "x86_64")]
-    pub unsafe fn run_packed(&self, m: usize, dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: &PackedRhs) {
+    pub unsafe fn run_packed(
+        &self,
+        m: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        lhs: Mat,
+        rhs: &PackedRhs,
+    ) {
         let (n, k) = (rhs.0.n, rhs.0.k);
-        assert_eq!(rhs.0.bf16, self.precision == Precision::Bf16, "rhs packed for another precision");
+        assert_eq!(
+            rhs.0.bf16,
+            self.precision == Precision::Bf16,
+            "rhs packed for another precision"
+        );
         if m == 0 || n == 0 || k == 0 {
             // SAFETY: the caller's contract; k = 0 reads nothing.
             return unsafe { self.run((m, n, k), dst, dst_rs, lhs, lhs) };
@@ -175,8 +209,22 @@ impl Gemm {
         // SAFETY: the caller's contract; rhs is k x n.
         unsafe {
             match self.precision {
-                Precision::F32 => crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
-                Precision::Bf16 => crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
+                Precision::F32 => crate::avx512_gemm::gemm::<false>(
+                    threads,
+                    (m, n, k),
+                    dst,
+                    dst_rs,
+                    self.accumulate,
+                    operands,
+                ),
+                Precision::Bf16 => crate::avx512_gemm::gemm::<true>(
+                    threads,
+                    (m, n, k),
+                    dst,
+                    dst_rs,
+                    self.accumulate,
+                    operands,
+                ),
             }
         }
     }
@@ -186,13 +234,34 @@ impl Gemm {
     /// # Safety
     /// As `run`'s, and the CPU must have AVX512-F (and AVX512-BF16 for bf16).
     #[cfg(target_arch = "x86_64")]
-    pub unsafe fn our_kernel(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+    pub unsafe fn our_kernel(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_rs: usize,
+        lhs: Mat,
+        rhs: Mat,
+    ) {
         let (threads, operands) = (self.threads.count(), (lhs, Rhs::Strided(rhs)));
         // SAFETY: the caller's contract.
         unsafe {
             match self.precision {
-                Precision::F32 => crate::avx512_gemm::gemm::<false>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
-                Precision::Bf16 => crate::avx512_gemm::gemm::<true>(threads, (m, n, k), dst, dst_rs, self.accumulate, operands),
+                Precision::F32 => crate::avx512_gemm::gemm::<false>(
+                    threads,
+                    (m, n, k),
+                    dst,
+                    dst_rs,
+                    self.accumulate,
+                    operands,
+                ),
+                Precision::Bf16 => crate::avx512_gemm::gemm::<true>(
+                    threads,
+                    (m, n, k),
+                    dst,
+                    dst_rs,
+                    self.accumulate,
+                    operands,
+                ),
             }
         }
     }
@@ -218,7 +287,14 @@ impl Gemm {
     ///
     /// # Safety
     /// As `run`'s.
-    pub unsafe fn gemm_crate(&self, (m, n, k): (usize, usize, usize), dst: *mut f32, dst_rs: usize, lhs: Mat, rhs: Mat) {
+    pub unsafe fn gemm_crate(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        dst: *mut f32,
+        dst_rs: usize,
+        lhs: Mat,
+        rhs: Mat,
+    ) {
         let parallelism = match self.threads.count() {
             1 => gemm::Parallelism::None,
             n => gemm::Parallelism::Rayon(n),
@@ -284,9 +360,16 @@ mod tests {
         for accumulate in [false, true] {
             for (a, b) in [
                 (Mat::rows(lhs.as_ptr(), k), Mat::rows(rhs.as_ptr(), n)),
-                (Mat::rows(lhs_t.as_ptr(), m).t(), Mat::rows(rhs_t.as_ptr(), k).t()),
+                (
+                    Mat::rows(lhs_t.as_ptr(), m).t(),
+                    Mat::rows(rhs_t.as_ptr(), k).t(),
+                ),
             ] {
-                let gemm = Gemm { precision, threads, accumulate };
+                let gemm = Gemm {
+                    precision,
+                    threads,
+                    accumulate,
+                };
                 let mut dst = start.clone();
                 // SAFETY: the buffers are m x k, k x n and m x n.
                 unsafe { gemm.run((m, n, k), dst.as_mut_ptr(), n, a, b) };
@@ -299,7 +382,12 @@ mod tests {
                     unsafe { gemm.run_packed(m, dst.as_mut_ptr(), n, a, &packed) };
                     results.push(dst);
                 }
-                for (i, (&got, &want)) in results.iter().flatten().zip(exact.iter().cycle()).enumerate() {
+                for (i, (&got, &want)) in results
+                    .iter()
+                    .flatten()
+                    .zip(exact.iter().cycle())
+                    .enumerate()
+                {
                     let i = i % exact.len();
                     let want = want + if accumulate { f64::from(start[i]) } else { 0.0 };
                     // f32 summation of k products of magnitude <= 1: k ulps of the sum's scale.
@@ -314,7 +402,9 @@ mod tests {
     }
 
     fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        (0..rows * cols).map(|i| x[(i % rows) * cols + i / rows]).collect()
+        (0..rows * cols)
+            .map(|i| x[(i % rows) * cols + i / rows])
+            .collect()
     }
 
     fn f64_matmul(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32]) -> Vec<f64> {
@@ -366,10 +456,18 @@ mod tests {
             for accumulate in [false, true] {
                 let mut dst = vec![3f32; 6];
                 let empty = Mat::rows(std::ptr::null(), 0);
-                let gemm = Gemm { precision, threads: Threads::All, accumulate };
+                let gemm = Gemm {
+                    precision,
+                    threads: Threads::All,
+                    accumulate,
+                };
                 // SAFETY: k = 0 reads nothing; dst is 2 x 3.
                 unsafe { gemm.run((2, 3, 0), dst.as_mut_ptr(), 3, empty, empty) };
-                assert_eq!(dst, vec![if accumulate { 3.0 } else { 0.0 }; 6], "{precision}");
+                assert_eq!(
+                    dst,
+                    vec![if accumulate { 3.0 } else { 0.0 }; 6],
+                    "{precision}"
+                );
             }
         }
     }

@@ -6,7 +6,9 @@ use std::str::FromStr;
 
 /// How GEMMs multiply. Everything else (LayerNorm, softmax, GELU, the loss, master weights,
 /// AdamW moments, checkpoints) stays f32 in both.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 inputs, f32 products and sums.

@@ -145,7 +145,8 @@ impl BertForQuestionAnswering {
     /// Builds the model over `params` (every tensor of `schema::parameter_shapes`, checked),
     /// running as `plan` says (where it can run: `RunPlan::check`).
     pub fn new(config: BertConfig, params: &Params, plan: &RunPlan) -> Result<Self> {
-        plan.check().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        plan.check()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         params.check(&config)?;
         let b = Builder {
             params,
@@ -236,7 +237,8 @@ impl SelfAttention {
             .and_then(|rng| rng.next(self.attention_dropout));
         let context = match mask {
             AttentionMask::Host(host) => {
-                let core = AttentionCore::new(self.heads, host.clone(), probs_dropout, self.precision);
+                let core =
+                    AttentionCore::new(self.heads, host.clone(), probs_dropout, self.precision);
                 match self.core {
                     Kernel::FusedForwardOnly => qkv.apply_op1_no_bwd(&core)?,
                     _ => core.forward(&qkv)?,

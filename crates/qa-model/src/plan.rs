@@ -139,7 +139,9 @@ impl RunPlan {
         if precision == Precision::Bf16 && !self.device.is_cpu() {
             return Err(unsupported("precision bf16 runs on the CPU only (our AVX512-BF16 GEMMs); use --precision f32 on a GPU".into()));
         }
-        precision.require_supported().map_err(|e| unsupported(e.to_string()))
+        precision
+            .require_supported()
+            .map_err(|e| unsupported(e.to_string()))
     }
 
     /// The same device and options in another mode (the evaluation inside a training run).
@@ -176,7 +178,10 @@ mod tests {
     #[test]
     fn bf16_is_checked_against_the_cpu() {
         let plan = RunPlan::inference(Device::Cpu, Precision::Bf16);
-        assert_eq!(plan.check().is_ok(), qa_kernels::precision::bf16_gemm_supported());
+        assert_eq!(
+            plan.check().is_ok(),
+            qa_kernels::precision::bf16_gemm_supported()
+        );
         if let Err(e) = plan.check() {
             assert!(e.to_string().contains("AVX512-BF16"), "{e}");
         }

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qa_model::RunPlan;
 use qa_infer::{InferSettings, Inferencer, Prepared};
+use qa_model::RunPlan;
 
 use crate::api::ApiRequest;
 use crate::batcher::{BatchLimits, Batcher};

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use qa_infer::InferSettings;
+use qa_model::RunPlan;
 use qa_serve::metrics::Metrics;
 use qa_serve::{BatchLimits, Engine, ServeConfig};
 use squad_core::exit::{finish, say};
-use qa_model::RunPlan;
 use squad_core::{PipelineConfig, Precision};
 
 /// Serve a BERT QA checkpoint over HTTP, in the Hugging Face inference API's shape:
@@ -97,7 +97,10 @@ fn main() -> ExitCode {
 }
 
 /// The answering defaults, and the precision, from the config (the flag wins).
-fn settings(config: Option<&PathBuf>, precision: Option<Precision>) -> Result<(InferSettings, Precision)> {
+fn settings(
+    config: Option<&PathBuf>,
+    precision: Option<Precision>,
+) -> Result<(InferSettings, Precision)> {
     let c = PipelineConfig::load_or_default(config.map(PathBuf::as_path))?;
     let settings = InferSettings {
         max_length: c.features.max_length,

@@ -626,7 +626,9 @@ fn resumed_state(
             state.device
         ));
     }
-    let saved = PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))?.train.precision;
+    let saved = PipelineConfig::from_yaml_file(&dir.join(CONFIG_FILE))?
+        .train
+        .precision;
     if saved != plan.precision() {
         warn(format!(
             "saved by a run in precision {saved}; continuing in {} (not bit-exact)",

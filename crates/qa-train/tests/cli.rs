@@ -357,9 +357,13 @@ fn resuming_in_another_precision_warns_once_or_is_refused_in_one_line() {
         .spawn()
         .unwrap();
     kill_once_exists(&mut child, &run.join("checkpoints/checkpoint-3"));
-    let out = train_cmd(&i, &run, &["--epochs", "3", "--resume", "--precision", "bf16"])
-        .output()
-        .unwrap();
+    let out = train_cmd(
+        &i,
+        &run,
+        &["--epochs", "3", "--resume", "--precision", "bf16"],
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     if !qa_kernels::precision::bf16_gemm_supported() {
         assert_eq!(out.status.code(), Some(1), "{err}");
@@ -371,7 +375,10 @@ fn resuming_in_another_precision_warns_once_or_is_refused_in_one_line() {
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("precision")).collect();
     assert_eq!(warnings.len(), 1, "{err}");
     assert!(
-        warnings[0].contains("warning") && warnings[0].contains("f32") && warnings[0].contains("bf16") && warnings[0].contains("not bit-exact"),
+        warnings[0].contains("warning")
+            && warnings[0].contains("f32")
+            && warnings[0].contains("bf16")
+            && warnings[0].contains("not bit-exact"),
         "{err}"
     );
     let config = std::fs::read_to_string(run.join("config.yaml")).unwrap();

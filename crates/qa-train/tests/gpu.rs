@@ -40,7 +40,8 @@ fn eval_logits_on_the_gpu_match_the_cpu_within_1e_3() {
     let feats = features("dev200.eval.ref.parquet", 32);
     let refs: Vec<&Feature> = feats.iter().collect();
     let cpu_model = seeded_checkpoint(&RunPlan::cpu_inference()).model;
-    let gpu_model = seeded_checkpoint(&RunPlan::inference(gpu.clone(), qa_kernels::Precision::F32)).model;
+    let gpu_model =
+        seeded_checkpoint(&RunPlan::inference(gpu.clone(), qa_kernels::Precision::F32)).model;
     for chunk in refs.chunks(8) {
         let (cs, ce) = cpu_model
             .forward(&make_batch(chunk, None, &Device::Cpu).unwrap(), None)

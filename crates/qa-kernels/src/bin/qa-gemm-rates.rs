@@ -26,13 +26,32 @@ fn arg(name: &str, default: f64) -> f64 {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}: not a number: {v}")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
+        })
         .unwrap_or(default)
 }
 
 fn shapes(rows: usize, h: usize, i: usize, d: usize, len: usize) -> Vec<Shape> {
-    let dense = |name, m, n, k, lhs_t, rhs_t| Shape { name, m, n, k, lhs_t, rhs_t, per_thread: false };
-    let head = |name, m, n, k, rhs_t| Shape { name, m, n, k, lhs_t: false, rhs_t, per_thread: true };
+    let dense = |name, m, n, k, lhs_t, rhs_t| Shape {
+        name,
+        m,
+        n,
+        k,
+        lhs_t,
+        rhs_t,
+        per_thread: false,
+    };
+    let head = |name, m, n, k, rhs_t| Shape {
+        name,
+        m,
+        n,
+        k,
+        lhs_t: false,
+        rhs_t,
+        per_thread: true,
+    };
     vec![
         dense("qkv x W^T", rows, 3 * h, h, false, true),
         dense("attn-out x W^T", rows, h, h, false, true),
@@ -68,23 +87,41 @@ fn rate(shape: &Shape, which: Which, seconds: f64) -> f64 {
     let (m, n, k) = (shape.m, shape.n, shape.k);
     let data: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..copies)
         .map(|c| {
-            let wave = |len: usize, s: f32| (0..len).map(|x| ((x as f32) * 0.37 + s + c as f32).sin()).collect();
+            let wave = |len: usize, s: f32| {
+                (0..len)
+                    .map(|x| ((x as f32) * 0.37 + s + c as f32).sin())
+                    .collect()
+            };
             (wave(m * k, 0.1), wave(k * n, 0.7), vec![0f32; m * n])
         })
         .collect();
     let gemm = Gemm {
         precision,
-        threads: if shape.per_thread { Threads::One } else { Threads::All },
+        threads: if shape.per_thread {
+            Threads::One
+        } else {
+            Threads::All
+        },
         accumulate: false,
     };
     let run_one = |(a, b, c): &(Vec<f32>, Vec<f32>, Vec<f32>)| {
-        let lhs = if shape.lhs_t { Mat::rows(a.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
-        let rhs = if shape.rhs_t { Mat::rows(b.as_ptr(), k).t() } else { Mat::rows(b.as_ptr(), n) };
+        let lhs = if shape.lhs_t {
+            Mat::rows(a.as_ptr(), m).t()
+        } else {
+            Mat::rows(a.as_ptr(), k)
+        };
+        let rhs = if shape.rhs_t {
+            Mat::rows(b.as_ptr(), k).t()
+        } else {
+            Mat::rows(b.as_ptr(), n)
+        };
         // SAFETY: the buffers are m x k, k x n and m x n; each copy writes its own c.
         unsafe {
             match which {
                 Which::GemmCrate => gemm.gemm_crate((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs),
-                Which::OurKernel(_) => gemm.our_kernel((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs),
+                Which::OurKernel(_) => {
+                    gemm.our_kernel((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs)
+                }
                 Which::AsRun(_) => gemm.run((m, n, k), c.as_ptr() as *mut f32, n, lhs, rhs),
             }
         }
@@ -109,18 +146,33 @@ fn main() {
         return;
     }
     let rows = arg("--rows", 3072.0) as usize;
-    let (h, i, d) = (arg("--hidden", 384.0) as usize, arg("--intermediate", 1536.0) as usize, arg("--head-dim", 32.0) as usize);
+    let (h, i, d) = (
+        arg("--hidden", 384.0) as usize,
+        arg("--intermediate", 1536.0) as usize,
+        arg("--head-dim", 32.0) as usize,
+    );
     let len = arg("--len", 384.0) as usize;
     let seconds = arg("--seconds", 0.5);
     let threads = candle_core::utils::get_num_threads();
     let bf16 = Precision::Bf16.supported();
-    let (peak32, peak16) = (peaks::f32_fma(threads), bf16.then(|| peaks::bf16_dot(threads)).flatten());
-    println!("GEMM rates, {threads} threads (GFLOP/s; % of this CPU's peak measured in the same run)\n");
-    println!("peak: fp32 FMA {peak32:.0}, bf16 dot product {}\n", peak16.map_or("n/a (no AVX512-BF16)".into(), |p| format!("{p:.0}")));
+    let (peak32, peak16) = (
+        peaks::f32_fma(threads),
+        bf16.then(|| peaks::bf16_dot(threads)).flatten(),
+    );
+    println!(
+        "GEMM rates, {threads} threads (GFLOP/s; % of this CPU's peak measured in the same run)\n"
+    );
+    println!(
+        "peak: fp32 FMA {peak32:.0}, bf16 dot product {}\n",
+        peak16.map_or("n/a (no AVX512-BF16)".into(), |p| format!("{p:.0}"))
+    );
     println!("| shape | m x n x k | f32, gemm crate | f32, our kernel | f32 as run | % fp32 peak | bf16, ours | % bf16 peak | bf16 / f32 as run |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let only = std::env::args().skip_while(|a| a != "--only").nth(1);
-    for s in shapes(rows, h, i, d, len).into_iter().filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str()))) {
+    for s in shapes(rows, h, i, d, len)
+        .into_iter()
+        .filter(|s| only.as_ref().is_none_or(|o| s.name.contains(o.as_str())))
+    {
         let g = rate(&s, Which::GemmCrate, seconds);
         let o = rate(&s, Which::OurKernel(Precision::F32), seconds);
         let f = rate(&s, Which::AsRun(Precision::F32), seconds);
@@ -129,13 +181,18 @@ fn main() {
         println!(
             "| {}{} | {} x {} x {} | {g:.0} | {o:.0} | {f:.0} | {:.0}% | {} | {} | {} |",
             s.name,
-            if s.per_thread { " (one per thread)" } else { "" },
+            if s.per_thread {
+                " (one per thread)"
+            } else {
+                ""
+            },
             s.m,
             s.n,
             s.k,
             100.0 * f / peak32,
             cell(b),
-            b.zip(peak16).map_or("n/a".into(), |(b, p)| format!("{:.0}%", 100.0 * b / p)),
+            b.zip(peak16)
+                .map_or("n/a".into(), |(b, p)| format!("{:.0}%", 100.0 * b / p)),
             b.map_or("n/a".into(), |b| format!("{:.2}x", b / f)),
         );
     }
@@ -150,7 +207,10 @@ mod peaks {
 
     fn on_threads(threads: usize, flops_per_iter: f64, f: fn(u64) -> f32) -> f64 {
         let start = Instant::now();
-        let sink: f32 = (0..threads).into_par_iter().map(|_| f(ITERS / threads as u64)).sum();
+        let sink: f32 = (0..threads)
+            .into_par_iter()
+            .map(|_| f(ITERS / threads as u64))
+            .sum();
         std::hint::black_box(sink);
         flops_per_iter * ITERS as f64 / start.elapsed().as_secs_f64() / 1e9
     }
@@ -164,7 +224,9 @@ mod peaks {
     pub fn bf16_dot(threads: usize) -> Option<f64> {
         // 12 chains of 16 lanes, each lane 2 products: 12 x 16 x 4 flops per iteration.
         // SAFETY: called only where the CPU has AVX512-BF16 (main checks).
-        Some(on_threads(threads, 12.0 * 64.0, |iters| unsafe { dot_loop(iters) }))
+        Some(on_threads(threads, 12.0 * 64.0, |iters| unsafe {
+            dot_loop(iters)
+        }))
     }
 
     #[cfg(target_arch = "x86_64")]
