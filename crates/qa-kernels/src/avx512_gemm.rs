@@ -351,9 +351,9 @@ unsafe fn pack_rows<const BF16: bool>(
                 units,
             ),
             _ => {
-                // SAFETY: i < m and kk < k.
                 let at = |kk: usize| {
                     if kk < k1 {
+                        // SAFETY: the row and column lie inside the matrix (kk < k checked).
                         unsafe { lhs.at(i, kk) }
                     } else {
                         0.0
@@ -411,9 +411,9 @@ unsafe fn pack_panels<const BF16: bool>(
                 let column = unsafe { run(rhs, j as isize * rhs.cs + k0 as isize, k1 - k0) };
                 units_of_run::<BF16>(column, &mut column_units[..kc]);
             } else {
-                // SAFETY: kk < k and j < n.
                 let at = |kk: usize| {
                     if kk < k1 {
+                        // SAFETY: the row and column lie inside the matrix (kk < k checked).
                         unsafe { rhs.at(kk, j) }
                     } else {
                         0.0
