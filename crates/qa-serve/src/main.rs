@@ -12,22 +12,6 @@ use qa_serve::{BatchLimits, Engine, ServeConfig};
 use squad_core::exit::{finish, say};
 use squad_core::{PipelineConfig, Precision};
 
-/// A server lives long and frees tensors of every batch shape from several threads. glibc
-/// malloc, with the thresholds training sets (`qa_model::memory`: freed memory stays in the
-/// process), kept more of it with every new mix of shapes: RSS +12% over 20,000 requests
-/// at 16 clients after warm-up, and still +18% when the warm-up had run the largest batch.
-/// jemalloc gives back what has stayed unused for a while (its decay), so RSS stays in a
-/// band (README: the soak).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's options, read at its start. Blocks of 8 MiB and more (most tensors of a batch)
-/// would go to an arena that returns them to the OS at once, so every batch page-faulted
-/// its tensors in again (-20% questions/s); in the common arenas they are reused, and given
-/// back after `dirty_decay_ms` unused.
-#[export_name = "_rjem_malloc_conf"]
-pub static JEMALLOC_OPTIONS: &[u8] = b"oversize_threshold:0,dirty_decay_ms:10000\0";
-
 /// Serve a BERT QA checkpoint over HTTP, in the Hugging Face inference API's shape:
 /// `POST /` (or `/v1/answer`) with {"inputs": {"question", "context"}, "parameters": {...}};
 /// `GET /health`, `GET /metrics` (Prometheus). SIGTERM or Ctrl-C stops accepting, finishes
@@ -103,6 +87,7 @@ fn main() -> ExitCode {
         // Read by rayon and candle's matmul when their pools start: before any model code.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
+    qa_model::memory::keep_freed_memory();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
