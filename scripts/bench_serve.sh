@@ -81,6 +81,11 @@ for ((sent = 0; sent < soak_n; sent += 1000)); do
 done
 growth=$(echo "$rss_warm $rss_end" | awk '{printf "%+.1f", ($2 - $1) / $1 * 100}')
 growth_high=$(echo "$rss_warm $rss_high" | awk '{printf "%+.1f", ($2 - $1) / $1 * 100}')
+# One reading moves with the batch in flight; a leak shows as a trend: the mean of the last
+# quarter of the readings against the mean of the first quarter, over the warm-up RSS.
+trend=$(sed 's/.*rss_kib=//' "$out/soak_rss.txt" | awk -v warm="$rss_warm" '
+  { v[NR] = $1 } END { q = int((NR + 3) / 4); for (i = 1; i <= q; i++) { a += v[i]; b += v[NR - q + i] }
+  printf "%+.1f", (b - a) / q / warm * 100 }')
 kill -TERM $server; wait $server || true; trap - EXIT
 
 # bf16 GEMMs (--precision bf16) where the CPU has AVX512-BF16: latency and 8-client throughput.
@@ -175,5 +180,5 @@ ratio() { [ -n "$1" ] && [ -n "$2" ] && echo "$1 $2" | awk '{printf "%.2fx", $1 
     echo "| bf16 1,000 dev questions, 8 clients: questions/s vs PyTorch fp32 batched | $bf16_qps | $torch_qps | $(ratio "$bf16_qps" "$torch_qps") |"
   fi
   echo "| peak RSS MiB (server after the runs above / PyTorch script) | $peak_mib | $torch_rss | |"
-  echo "| soak: $soak_n requests at 16 clients: RSS after warm-up -> end (highest), MiB; errors | $((rss_warm / 1024)) -> $((rss_end / 1024)) (${growth}%; highest $((rss_high / 1024)), ${growth_high}%); $soak_errors | | |"
+  echo "| soak: $soak_n requests at 16 clients: RSS after warm-up -> end (highest), MiB; errors | $((rss_warm / 1024)) -> $((rss_end / 1024)) (${growth}%; highest $((rss_high / 1024)), ${growth_high}%; trend, last vs first quarter: ${trend}%); $soak_errors | | |"
 } | tee "$out/serve.md"
