@@ -28,7 +28,10 @@ impl Default for BatchLimits {
     fn default() -> Self {
         BatchLimits {
             max_batch: 16,
-            max_wait: Duration::from_millis(2),
+            // Waiting costs a lone request its wait and bought no throughput where measured
+            // (Zen 4, 2 threads: 1/8/32 clients as fast or faster with 0 than with 2 ms):
+            // windows that queue during a forward share the next one anyway.
+            max_wait: Duration::ZERO,
             queue_windows: 512,
         }
     }
