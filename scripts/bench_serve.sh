@@ -8,7 +8,7 @@
 #    questions/s, p50/p99, errors, the server's peak RSS; PyTorch answering the same questions
 #    in batches of 8 windows, each padded to its longest window.
 # 3. Soak: BENCH_SOAK_REQUESTS (20000) requests at 16 clients; RSS after warm-up, after every
-#    1,000 requests ($OUT/soak_rss.txt), at the end and the highest.
+#    1,000 requests ($OUT/soak_rss.txt), at the end, the highest, and its trend.
 set -euo pipefail
 bin=$1 out=$2 model=$3 dev=$4 py=${5:-}
 mkdir -p "$out"
@@ -85,7 +85,7 @@ growth_high=$(echo "$rss_warm $rss_high" | awk '{printf "%+.1f", ($2 - $1) / $1 
 # quarter of the readings against the mean of the first quarter, over the warm-up RSS.
 trend=$(sed 's/.*rss_kib=//' "$out/soak_rss.txt" | awk -v warm="$rss_warm" '
   { v[NR] = $1 } END { q = int((NR + 3) / 4); for (i = 1; i <= q; i++) { a += v[i]; b += v[NR - q + i] }
-  printf "%+.1f", (b - a) / q / warm * 100 }')
+  printf "%+.1f", q ? (b - a) / q / warm * 100 : 0 }')
 kill -TERM $server; wait $server || true; trap - EXIT
 
 # bf16 GEMMs (--precision bf16) where the CPU has AVX512-BF16: latency and 8-client throughput.
