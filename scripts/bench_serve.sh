@@ -180,5 +180,8 @@ ratio() { [ -n "$1" ] && [ -n "$2" ] && echo "$1 $2" | awk '{printf "%.2fx", $1 
     echo "| bf16 1,000 dev questions, 8 clients: questions/s vs PyTorch fp32 batched | $bf16_qps | $torch_qps | $(ratio "$bf16_qps" "$torch_qps") |"
   fi
   echo "| peak RSS MiB (server after the runs above / PyTorch script) | $peak_mib | $torch_rss | |"
-  echo "| soak: $soak_n requests at 16 clients: RSS after warm-up -> end (highest), MiB; errors | $((rss_warm / 1024)) -> $((rss_end / 1024)) (${growth}%; highest $((rss_high / 1024)), ${growth_high}%; trend, last vs first quarter: ${trend}%); $soak_errors | | |"
+  # No soak row when none ran (BENCH_SOAK_REQUESTS=0): "+0.0%" would read as a measurement.
+  if [ "$soak_n" -gt 0 ]; then
+    echo "| soak: $soak_n requests at 16 clients: RSS after warm-up -> end (highest), MiB; errors | $((rss_warm / 1024)) -> $((rss_end / 1024)) (${growth}%; highest $((rss_high / 1024)), ${growth_high}%; trend, last vs first quarter: ${trend}%); $soak_errors | | |"
+  fi
 } | tee "$out/serve.md"
