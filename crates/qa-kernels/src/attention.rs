@@ -20,7 +20,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, DisjointWrites};
-use crate::dropout::{MaskLayout, PhiloxDropout, Runs};
+use crate::dropout::{pack_bits, unpack_bits, MaskLayout, PhiloxDropout, Runs};
 use crate::matmul::{Gemm, Mat, Threads};
 use crate::precision::Precision;
 
@@ -125,25 +125,6 @@ impl Geometry {
     fn context_offset(&self, unit: usize) -> usize {
         let (b, h) = (unit / self.heads, unit % self.heads);
         b * self.len * self.hidden + h * self.head_dim
-    }
-}
-
-/// Bit i of `bits` set where multiplier i is not 0.
-fn pack_bits(multipliers: &[f32], bits: &mut [u64]) {
-    for (word, chunk) in bits.iter_mut().zip(multipliers.chunks(64)) {
-        *word = chunk
-            .iter()
-            .enumerate()
-            .fold(0, |w, (i, &m)| w | (u64::from(m != 0.0) << i));
-    }
-}
-
-/// The multipliers back from `pack_bits`: `scale` where the bit is set, else 0.
-fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
-    for (chunk, &word) in multipliers.chunks_mut(64).zip(bits) {
-        for (i, m) in chunk.iter_mut().enumerate() {
-            *m = if word >> i & 1 == 1 { scale } else { 0.0 };
-        }
     }
 }
 

@@ -17,7 +17,9 @@ use crate::matmul::PackedRhs;
 use crate::matmul::{Gemm, Mat, Threads};
 use crate::precision::Precision;
 
-/// `x [rows, in] W^T + b` as one differentiable op (CPU tensors), as `op` says.
+/// `x [..., in] W^T + b` → `[..., out]` as one differentiable op (CPU tensors), as `op` says.
+/// Any leading dimensions are rows of one GEMM, so the caller needs no reshape (each is a
+/// graph node whose backward is a zeros + add over the whole activation).
 pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor, op: &DenseOp) -> Result<Tensor> {
     x.contiguous()?.apply_op3(weight, bias, op.clone())
 }
@@ -27,7 +29,7 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
-/// `(x [rows, in], weight [out, in], bias [out])` → `[rows, out]`.
+/// `(x [..., in], weight [out, in], bias [out])` → `[..., out]`.
 #[derive(Debug, Clone)]
 pub struct DenseOp {
     pub precision: Precision,
@@ -76,7 +78,8 @@ impl CustomOp3 for DenseOp {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
-        let (rows, k) = l1.shape().dims2()?;
+        let k = last_dim(l1);
+        let rows = x.len() / k;
         let (n, k_w) = l2.shape().dims2()?;
         if k != k_w || b.len() != n {
             candle_core::bail!(
@@ -105,12 +108,12 @@ impl CustomOp3 for DenseOp {
             if let Some(packed) = packed.as_ref().filter(|p| p.shape() == (k, n)) {
                 // SAFETY: x is rows x k, y rows x n; the packed weight is W^T's k x n.
                 unsafe { gemm.run_packed(rows, y.as_mut_ptr(), n, lhs, packed) };
-                return Ok((CpuStorage::F32(y), Shape::from((rows, n))));
+                return Ok((CpuStorage::F32(y), output_shape(l1, n)));
             }
         }
         // SAFETY: x is rows x k, W (read as W^T, k x n) n x k, y rows x n, all contiguous.
         unsafe { gemm.run((rows, n, k), y.as_mut_ptr(), n, lhs, rhs) };
-        Ok((CpuStorage::F32(y), Shape::from((rows, n))))
+        Ok((CpuStorage::F32(y), output_shape(l1, n)))
     }
 
     fn bwd(
@@ -121,17 +124,29 @@ impl CustomOp3 for DenseOp {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (x, weight) = (x.detach(), weight.detach());
+        let n = weight.dim(0)?;
+        let grad = grad.contiguous()?.reshape(((), n))?;
+        let (x_rows, weight) = (x.detach().reshape(((), weight.dim(1)?))?, weight.detach());
         let product = |transpose_lhs| Product {
             precision: self.precision,
             transpose_lhs,
         };
         let dx = grad.apply_op2_no_bwd(&weight, &product(false))?;
-        let dw = grad.apply_op2_no_bwd(&x, &product(true))?;
+        let dw = grad.apply_op2_no_bwd(&x_rows, &product(true))?;
         let db = grad.apply_op1_no_bwd(&ColumnPartialSums)?.sum(0)?;
+        let dx = dx.reshape(x.shape())?;
         Ok((Some(dx), Some(dw), Some(db.reshape(bias.shape())?)))
     }
+}
+
+/// The input's shape with the last dimension `n`.
+fn output_shape(x: &Layout, n: usize) -> Shape {
+    let mut dims = x.dims().to_vec();
+    match dims.last_mut() {
+        Some(last) => *last = n,
+        None => dims.push(n),
+    }
+    Shape::from(dims)
 }
 
 /// `lhs · rhs` of two contiguous matrices (`lhs^T · rhs` when `transpose_lhs`), on all

@@ -210,6 +210,25 @@ impl PhiloxDropout {
     }
 }
 
+/// Bit i of `bits` set where multiplier i is not 0.
+pub fn pack_bits(multipliers: &[f32], bits: &mut [u64]) {
+    for (word, chunk) in bits.iter_mut().zip(multipliers.chunks(64)) {
+        *word = chunk
+            .iter()
+            .enumerate()
+            .fold(0, |w, (i, &m)| w | (u64::from(m != 0.0) << i));
+    }
+}
+
+/// The multipliers back from `pack_bits`: `scale` where the bit is set, else 0.
+pub fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
+    for (chunk, &word) in multipliers.chunks_mut(64).zip(bits) {
+        for (i, m) in chunk.iter_mut().enumerate() {
+            *m = if word >> i & 1 == 1 { scale } else { 0.0 };
+        }
+    }
+}
+
 /// `philox4x32` of the counters `(block + lane, stream)` for `N` consecutive lanes, written
 /// lane-parallel so the compiler vectorises it: word `w` of lane `l` is `out[w][l]`.
 // Indexed lane loops on purpose: this shape is what LLVM vectorises across lanes.

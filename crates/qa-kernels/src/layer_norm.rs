@@ -34,7 +34,7 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<
 }
 
 /// Mean and 1 / sqrt(var + eps) of a row (accumulated in f64).
-fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
+pub(crate) fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
     let n = row.len() as f64;
     let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
     let var = row

@@ -20,6 +20,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;
 pub mod precision;
+pub mod residual_norm;
 pub mod softmax;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

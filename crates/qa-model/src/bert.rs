@@ -97,6 +97,7 @@ impl Builder<'_> {
             bias: self.tensor(&format!("{prefix}.bias"))?,
             eps: self.eps,
             kernel: self.plan.norm,
+            residual: self.plan.residual_norm,
         })
     }
 
@@ -250,8 +251,9 @@ impl SelfAttention {
                 attention::composed(&qkv, self.heads, additive, probs_dropout, softmax)?
             }
         };
-        let out = maybe_dropout(self.output.forward(&context)?, dropout, self.hidden_dropout)?;
-        self.norm.forward(&(out + x)?)
+        let dropout = dropout.and_then(|rng| rng.next(self.hidden_dropout));
+        self.norm
+            .forward_residual(&self.output.forward(&context)?, x, dropout)
     }
 }
 
@@ -264,7 +266,8 @@ impl Layer {
     ) -> Result<Tensor> {
         let attended = self.attention.forward(x, mask, dropout.as_deref_mut())?;
         let hidden = gelu(&self.intermediate.forward(&attended)?, self.gelu)?;
-        let out = maybe_dropout(self.output.forward(&hidden)?, dropout, self.hidden_dropout)?;
-        self.norm.forward(&(out + attended)?)
+        let dropout = dropout.and_then(|rng| rng.next(self.hidden_dropout));
+        self.norm
+            .forward_residual(&self.output.forward(&hidden)?, &attended, dropout)
     }
 }

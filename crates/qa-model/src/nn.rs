@@ -5,6 +5,8 @@
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
+use qa_kernels::dropout::PhiloxDropout;
+use qa_kernels::residual_norm::{self, ResidualNorm};
 use qa_kernels::{attention, dense, gelu, layer_norm, softmax};
 
 use crate::plan::Kernel;
@@ -24,18 +26,21 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.kernel {
+            // Our op takes any leading dimensions as rows: no reshape nodes in the graph.
+            Kernel::Fused | Kernel::FusedForwardOnly => {
+                dense::fused(x, &self.weight, &self.bias, &self.op)
+            }
+            Kernel::Composed | Kernel::CandleForwardOnly => self.composed(x),
+        }
+    }
+
+    /// candle's matmul over the leading dimensions flattened into rows.
+    fn composed(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = *dims.last().expect("at least one dimension");
         let rows = x.elem_count() / in_dim.max(1);
-        let x = x.reshape((rows, in_dim))?;
-        let y = match self.kernel {
-            Kernel::Fused | Kernel::FusedForwardOnly => {
-                dense::fused(&x, &self.weight, &self.bias, &self.op)?
-            }
-            Kernel::Composed | Kernel::CandleForwardOnly => {
-                dense::composed(&x, &self.weight, &self.bias)?
-            }
-        };
+        let y = dense::composed(&x.reshape((rows, in_dim))?, &self.weight, &self.bias)?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(shape)
@@ -50,6 +55,8 @@ pub struct LayerNorm {
     pub bias: Tensor,
     pub eps: f64,
     pub kernel: Kernel,
+    /// The kernel of `forward_residual`.
+    pub residual: Kernel,
 }
 
 impl LayerNorm {
@@ -59,6 +66,32 @@ impl LayerNorm {
             Kernel::Fused | Kernel::FusedForwardOnly => layer_norm::fused(x, w, b, eps),
             Kernel::Composed => layer_norm::composed(x, w, b, eps),
             Kernel::CandleForwardOnly => layer_norm::forward_only(x, w, b, eps),
+        }
+    }
+
+    /// `LayerNorm(dropout(h) + residual)`, the end of each sub-layer (`dropout`: training).
+    pub fn forward_residual(
+        &self,
+        h: &Tensor,
+        residual: &Tensor,
+        dropout: Option<PhiloxDropout>,
+    ) -> Result<Tensor> {
+        let norm = (&self.weight, &self.bias);
+        match self.residual {
+            Kernel::Fused => {
+                residual_norm::fused(h, residual, norm, ResidualNorm::new(self.eps, dropout))
+            }
+            Kernel::FusedForwardOnly if dropout.is_none() => {
+                let op = ResidualNorm::inference(self.eps);
+                residual_norm::forward_only(h, residual, norm, &op)
+            }
+            _ => {
+                let dropped = match dropout {
+                    Some(d) => d.forward(h)?,
+                    None => h.clone(),
+                };
+                self.forward(&(dropped + residual)?)
+            }
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct RunPlan {
     pub norm: Kernel,
     /// GELU (erf): fused on the CPU.
     pub gelu: Kernel,
+    /// `LayerNorm(dropout(h) + residual)` ending each sub-layer: one fused op on the CPU,
+    /// else the dropout op, an add and the LayerNorm of `norm`.
+    pub residual_norm: Kernel,
     /// The attention core: the fused CPU kernel (`qa_kernels::attention`), else composed.
     pub attention: Kernel,
     /// Gradients, optimizer moments and a step's loss live on the host (read at once), not
@@ -91,6 +94,7 @@ impl RunPlan {
             dense: on_cpu(Kernel::Fused),
             norm,
             gelu: on_cpu(Kernel::Fused),
+            residual_norm: attention,
             attention,
             host: cpu,
         }
@@ -162,13 +166,13 @@ mod tests {
     #[test]
     fn the_cpu_trains_on_fused_kernels_and_infers_without_backward() {
         let train = RunPlan::cpu_train();
-        assert_eq!(
-            [train.dense, train.norm, train.gelu, train.attention],
-            [Kernel::Fused; 4]
-        );
+        let kernels = [train.dense, train.norm, train.gelu, train.attention];
+        assert_eq!(kernels, [Kernel::Fused; 4]);
+        assert_eq!(train.residual_norm, Kernel::Fused);
         let infer = train.with_mode(Mode::Inference);
         assert_eq!(infer.norm, Kernel::CandleForwardOnly);
         assert_eq!(infer.attention, Kernel::FusedForwardOnly);
+        assert_eq!(infer.residual_norm, Kernel::FusedForwardOnly);
         assert_eq!(infer.dense, Kernel::Fused);
         assert!(!train.fused_cuda_adamw(), "no GPU, no CUDA kernels");
         assert_eq!(train.precision(), Precision::F32, "f32 unless asked");
