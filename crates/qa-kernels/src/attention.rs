@@ -23,6 +23,7 @@ use crate::cpu::{contiguous_f32, DisjointWrites};
 use crate::dropout::{pack_bits, unpack_bits, MaskLayout, PhiloxDropout, Runs};
 use crate::matmul::{Gemm, Mat, Threads};
 use crate::precision::Precision;
+use crate::vmath;
 
 /// Additive attention mask `[batch, 1, 1, len]` from a 0/1 mask `[batch, len]`: 0 where
 /// attended, f32::MIN on padding (HF's `finfo(float32).min`).
@@ -222,10 +223,7 @@ impl AttentionCore {
             self.matmul((l, l, d), probs.as_mut_ptr(), l, q, k.t());
             self.probabilities(g, unit, probs);
             if self.fill_multipliers(g, unit, multipliers) {
-                probs
-                    .iter_mut()
-                    .zip(&*multipliers)
-                    .for_each(|(p, m)| *p *= m);
+                vmath::mul_in_place(probs, multipliers);
                 pack_bits(multipliers, kept);
             }
             let dst = out.0.add(g.context_offset(unit));
@@ -302,9 +300,7 @@ impl AttentionCoreGrad {
             let dropout = op.fill_multipliers(g, unit, multipliers);
             // dV = dropout(P)^T · dContext
             let dropped = if dropout {
-                for ((o, p), m) in work.iter_mut().zip(&*probs).zip(&*multipliers) {
-                    *o = p * m;
-                }
+                vmath::mul(probs, multipliers, work);
                 Mat::rows(work.as_ptr(), l)
             } else {
                 Mat::rows(probs.as_ptr(), l)
@@ -313,15 +309,10 @@ impl AttentionCoreGrad {
             // dP = (dContext · V^T) ∘ mask; dS = P ∘ (dP - rowsum(P ∘ dP)) * scale
             op.matmul((l, l, d), work.as_mut_ptr(), l, dctx, v.t());
             if dropout {
-                work.iter_mut()
-                    .zip(&*multipliers)
-                    .for_each(|(g, m)| *g *= m);
+                vmath::mul_in_place(work, multipliers);
             }
             for (dp, p) in work.chunks_mut(l).zip(probs.chunks(l)) {
-                let dot: f32 = p.iter().zip(&*dp).map(|(a, b)| a * b).sum();
-                for (x, &y) in dp.iter_mut().zip(p) {
-                    *x = y * (*x - dot) * scale;
-                }
+                vmath::softmax_backward_row(dp, p, scale);
             }
             let ds = Mat::rows(work.as_ptr(), l);
             op.matmul((l, d, l), dst(0), w, ds, k); // dQ = dS · K

@@ -212,19 +212,74 @@ impl PhiloxDropout {
 
 /// Bit i of `bits` set where multiplier i is not 0.
 pub fn pack_bits(multipliers: &[f32], bits: &mut [u64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { pack_bits_avx512(multipliers, bits) };
+    }
     for (word, chunk) in bits.iter_mut().zip(multipliers.chunks(64)) {
-        *word = chunk
-            .iter()
-            .enumerate()
-            .fold(0, |w, (i, &m)| w | (u64::from(m != 0.0) << i));
+        *word = pack_word(chunk);
+    }
+}
+
+/// Bit i set where `chunk[i]` (at most 64) is not 0.
+fn pack_word(chunk: &[f32]) -> u64 {
+    chunk
+        .iter()
+        .enumerate()
+        .fold(0, |w, (i, &m)| w | (u64::from(m != 0.0) << i))
+}
+
+/// `pack_bits` 16 compares at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_bits_avx512(multipliers: &[f32], bits: &mut [u64]) {
+    use std::arch::x86_64::{_mm512_cmpneq_ps_mask, _mm512_loadu_ps, _mm512_setzero_ps};
+    for (word, chunk) in bits.iter_mut().zip(multipliers.chunks(64)) {
+        *word = match chunk.len() {
+            64 => (0..4).fold(0, |w, q| {
+                // SAFETY: elements 16q..16q + 16 lie inside the 64 of `chunk`.
+                let v = unsafe { _mm512_loadu_ps(chunk.as_ptr().add(16 * q)) };
+                w | u64::from(_mm512_cmpneq_ps_mask(v, _mm512_setzero_ps())) << (16 * q)
+            }),
+            _ => pack_word(chunk),
+        };
     }
 }
 
 /// The multipliers back from `pack_bits`: `scale` where the bit is set, else 0.
 pub fn unpack_bits(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above).
+        return unsafe { unpack_bits_avx512(bits, scale, multipliers) };
+    }
     for (chunk, &word) in multipliers.chunks_mut(64).zip(bits) {
-        for (i, m) in chunk.iter_mut().enumerate() {
-            *m = if word >> i & 1 == 1 { scale } else { 0.0 };
+        unpack_word(word, scale, chunk);
+    }
+}
+
+fn unpack_word(word: u64, scale: f32, chunk: &mut [f32]) {
+    for (i, m) in chunk.iter_mut().enumerate() {
+        *m = if word >> i & 1 == 1 { scale } else { 0.0 };
+    }
+}
+
+/// `unpack_bits` 16 elements at a time.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn unpack_bits_avx512(bits: &[u64], scale: f32, multipliers: &mut [f32]) {
+    use std::arch::x86_64::{_mm512_maskz_mov_ps, _mm512_set1_ps, _mm512_storeu_ps};
+    let kept = _mm512_set1_ps(scale);
+    for (chunk, &word) in multipliers.chunks_mut(64).zip(bits) {
+        if chunk.len() < 64 {
+            unpack_word(word, scale, chunk);
+            continue;
+        }
+        for q in 0..4 {
+            let v = _mm512_maskz_mov_ps((word >> (16 * q)) as u16, kept);
+            // SAFETY: elements 16q..16q + 16 lie inside the 64 of `chunk`.
+            unsafe { _mm512_storeu_ps(chunk.as_mut_ptr().add(16 * q), v) };
         }
     }
 }
@@ -366,6 +421,27 @@ mod gpu {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// A mask's bits and back, over lengths that end mid-word (the AVX-512 path and the
+    /// plain one agree).
+    #[test]
+    fn mask_bits_round_trip() {
+        let m: Vec<f32> = (0..200)
+            .map(|i| if i * 7 % 3 == 0 { 0.0 } else { 1.25 })
+            .collect();
+        let mut bits = vec![0u64; 4];
+        pack_bits(&m, &mut bits);
+        let plain: Vec<u64> = m.chunks(64).map(pack_word).collect();
+        assert_eq!(bits, plain);
+        let mut back = vec![9f32; 200];
+        unpack_bits(&bits, 1.25, &mut back);
+        assert_eq!(back, m);
+        let mut plain_back = vec![9f32; 200];
+        for (chunk, &word) in plain_back.chunks_mut(64).zip(&bits) {
+            unpack_word(word, 1.25, chunk);
+        }
+        assert_eq!(plain_back, m);
+    }
 
     #[test]
     fn philox_matches_random123_known_answers() {

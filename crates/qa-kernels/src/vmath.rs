@@ -131,6 +131,52 @@ dispatch! {
     }
 }
 
+/// The dot product of `a` and `b` over 16-wide accumulators.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+dispatch! {
+    /// The softmax's backward for one row of probabilities `p` (of `softmax(s * scale + m)`):
+    /// `dp` (the gradient of `p`) becomes that of `s`, `p * (dp - <p, dp>) * scale`.
+    fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
+        let d = dot(p, dp);
+        for (x, &y) in dp.iter_mut().zip(p) {
+            *x = y * (*x - d) * scale;
+        }
+    }
+}
+
+dispatch! {
+    /// `x *= m`, element by element (a dropout mask's multipliers).
+    fn mul_in_place(x: &mut [f32], m: &[f32]) {
+        x.iter_mut().zip(m).for_each(|(x, &m)| *x *= m);
+    }
+}
+
+dispatch! {
+    /// `y = x * m`, element by element.
+    fn mul(x: &[f32], m: &[f32], y: &mut [f32]) {
+        for ((y, &x), &m) in y.iter_mut().zip(x).zip(m) {
+            *y = x * m;
+        }
+    }
+}
+
 dispatch! {
     /// `y = x * Φ(x)`, Φ the standard normal CDF (GELU, erf form).
     fn gelu(x: &[f32], y: &mut [f32]) {
@@ -214,6 +260,27 @@ mod tests {
             }
             assert_eq!(row[len / 2], 0.0, "masked");
         }
+    }
+
+    #[test]
+    fn softmax_backward_row_matches_the_plain_formula() {
+        for len in [3usize, 16, 37, 384] {
+            let p: Vec<f32> = (0..len).map(|i| (i as f32 * 0.21).cos().abs()).collect();
+            let g: Vec<f32> = (0..len).map(|i| (i as f32 * 0.57).sin()).collect();
+            let mut dp = g.clone();
+            softmax_backward_row(&mut dp, &p, 0.25);
+            let d: f64 = p.iter().zip(&g).map(|(&a, &b)| f64::from(a * b)).sum();
+            for j in 0..len {
+                let want = f64::from(p[j]) * (f64::from(g[j]) - d) * 0.25;
+                assert!((f64::from(dp[j]) - want).abs() < 1e-5, "len {len} [{j}]");
+            }
+        }
+        let (x, m) = ([1f32, 2., 3.], [0f32, 2., 0.5]);
+        let mut y = [0f32; 3];
+        mul(&x, &m, &mut y);
+        let mut z = x;
+        mul_in_place(&mut z, &m);
+        assert_eq!((y, z), ([0., 4., 1.5], [0., 4., 1.5]));
     }
 
     #[test]

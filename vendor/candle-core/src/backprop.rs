@@ -730,8 +730,10 @@ impl GradStore {
 
     /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
     /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
-    /// Adds `grad` into `tensor`'s gradient; the first is stored as it is (not added into a
-    /// fresh tensor of zeros, a full pass and an allocation per gradient edge).
+    /// Adds `grad` into `tensor`'s gradient; the first is stored as it is when contiguous
+    /// (not added into a fresh tensor of zeros, a full pass and an allocation per gradient
+    /// edge), else as a contiguous copy, as the add made it (some backward ops, matmul's,
+    /// take contiguous gradients only).
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -739,7 +741,7 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.clone());
+                entry.insert(grad.contiguous()?);
             }
         }
         Ok(())
