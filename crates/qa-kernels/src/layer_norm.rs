@@ -12,6 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, part_rows, PARTS};
+use crate::vmath::{layer_norm_grad_means, row_stats};
 
 /// Fused, differentiable LayerNorm: `y = (x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn fused(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -31,18 +32,6 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     normed.broadcast_mul(weight)?.broadcast_add(bias)
-}
-
-/// Mean and 1 / sqrt(var + eps) of a row (accumulated in f64).
-pub(crate) fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
-    let n = row.len() as f64;
-    let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = row
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n;
-    (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` over the last dimension.
@@ -151,16 +140,13 @@ impl CustomOp3 for LayerNormGrad {
             .zip(x.par_chunks(d).zip(g.par_chunks(d)))
             .for_each(|(dxr, (xr, gr))| {
                 let (mean, rstd) = row_stats(xr, self.eps);
-                let (mut a, mut b) = (0f64, 0f64);
+                // dx is written with x's normalised row first, then overwritten.
                 for j in 0..d {
-                    let gw = f64::from(gr[j] * w[j]);
-                    a += gw;
-                    b += gw * f64::from((xr[j] - mean) * rstd);
+                    dxr[j] = (xr[j] - mean) * rstd;
                 }
-                let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
+                let (a, b) = layer_norm_grad_means(gr, w, dxr);
                 for j in 0..d {
-                    let xhat = (xr[j] - mean) * rstd;
-                    dxr[j] = rstd * (gr[j] * w[j] - a - xhat * b);
+                    dxr[j] = rstd * (gr[j] * w[j] - a - dxr[j] * b);
                 }
             });
         dw.par_chunks_mut(d)

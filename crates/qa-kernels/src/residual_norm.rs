@@ -18,7 +18,8 @@ use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, part_rows, PARTS};
 use crate::dropout::{pack_bits, unpack_bits, MaskLayout, PhiloxDropout, Runs};
-use crate::layer_norm::{self, row_stats};
+use crate::layer_norm;
+use crate::vmath::{layer_norm_grad_means, row_stats};
 
 /// Rows per parallel task (the mask is drawn for a task's rows at once).
 const TASK_ROWS: usize = 16;
@@ -269,13 +270,7 @@ impl CustomOp2 for ResidualNormGrad {
             .zip(g.par_chunks(d).zip(normed.par_chunks(d)))
             .zip(saved.rstd.par_iter())
             .for_each(|((dxr, (gr, nr)), &rstd)| {
-                let (mut a, mut b) = (0f64, 0f64);
-                for j in 0..d {
-                    let gw = f64::from(gr[j] * w[j]);
-                    a += gw;
-                    b += gw * f64::from(nr[j]);
-                }
-                let (a, b) = ((a / d as f64) as f32, (b / d as f64) as f32);
+                let (a, b) = layer_norm_grad_means(gr, w, nr);
                 for j in 0..d {
                     dxr[j] = rstd * (gr[j] * w[j] - a - nr[j] * b);
                 }

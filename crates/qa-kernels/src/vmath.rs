@@ -177,6 +177,44 @@ dispatch! {
     }
 }
 
+/// f64 lanes of the LayerNorm row sums (one zmm register).
+const F64_LANES: usize = 8;
+
+/// The sum of `f(i)` over `0..n` on `F64_LANES` f64 accumulators (their lanes added in order).
+#[inline(always)]
+fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0f64; F64_LANES];
+    let whole = n - n % F64_LANES;
+    for i in (0..whole).step_by(F64_LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let tail: f64 = (whole..n).map(&f).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+dispatch! {
+    /// Mean and `1 / sqrt(var + eps)` of a row (biased variance, as torch), accumulated in f64.
+    fn row_stats(row: &[f32], eps: f64) -> (f32, f32) {
+        let n = row.len() as f64;
+        let mean = sum_f64(row.len(), |i| f64::from(row[i])) / n;
+        let var = sum_f64(row.len(), |i| (f64::from(row[i]) - mean).powi(2)) / n;
+        (mean as f32, (1.0 / (var + eps).sqrt()) as f32)
+    }
+}
+
+dispatch! {
+    /// The two row means of LayerNorm's input gradient, in f64: `mean(g * w)` and
+    /// `mean(g * w * normed)` (`normed` the row's `(x - mean) / std`).
+    fn layer_norm_grad_means(g: &[f32], w: &[f32], normed: &[f32]) -> (f32, f32) {
+        let n = g.len();
+        let a = sum_f64(n, |j| f64::from(g[j] * w[j]));
+        let b = sum_f64(n, |j| f64::from(g[j] * w[j]) * f64::from(normed[j]));
+        ((a / n as f64) as f32, (b / n as f64) as f32)
+    }
+}
+
 dispatch! {
     /// `y = x * Φ(x)`, Φ the standard normal CDF (GELU, erf form).
     fn gelu(x: &[f32], y: &mut [f32]) {
@@ -281,6 +319,30 @@ mod tests {
         let mut z = x;
         mul_in_place(&mut z, &m);
         assert_eq!((y, z), ([0., 4., 1.5], [0., 4., 1.5]));
+    }
+
+    #[test]
+    fn layer_norm_row_sums_match_plain_f64() {
+        for len in [5usize, 8, 29, 384] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| (i as f32 * 0.43).sin() * 3.0 + 1.0)
+                .collect();
+            let n = len as f64;
+            let mean = x.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = x
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let (m, r) = row_stats(&x, 1e-12);
+            assert_eq!((m, r), (mean as f32, (1.0 / (var + 1e-12).sqrt()) as f32));
+            let w: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 * 0.01).collect();
+            let (a, b) = layer_norm_grad_means(&x, &w, &x);
+            let gw = |j: usize| f64::from(x[j] * w[j]);
+            let want_a = (0..len).map(gw).sum::<f64>() / n;
+            let want_b = (0..len).map(|j| gw(j) * f64::from(x[j])).sum::<f64>() / n;
+            assert_eq!((a, b), (want_a as f32, want_b as f32), "len {len}");
+        }
     }
 
     #[test]
