@@ -6,10 +6,10 @@
 //! `1 / std` and the mask as bits, so backward is one pass per row plus the weight and bias
 //! partial sums, and gives the gradients of `h` and of `residual` at once.
 //!
-//! The arithmetic is the composed path's, operation for operation: the mask of
+//! The arithmetic is that of the three ops it replaces, operation for operation: the mask of
 //! `PhiloxDropout` (`MaskLayout::Rows`, the same counters), `h * multiplier + residual`, then
-//! `LayerNormOp`'s forward and `LayerNormGrad`'s backward, so a step is bit-identical to the
-//! composed ops'.
+//! `LayerNormOp`'s forward and `LayerNormGrad`'s backward, so a step is bit-identical to
+//! theirs (`composed` below, from candle ops, rounds LayerNorm differently).
 
 use std::sync::{Arc, OnceLock};
 
