@@ -83,10 +83,11 @@ impl RunPlan {
             Mode::Train if cpu || options.fused_cuda_norm => Kernel::Fused,
             Mode::Train => Kernel::Composed,
         };
-        let attention = match mode {
-            Mode::Train => on_cpu(Kernel::Fused),
-            Mode::Inference => on_cpu(Kernel::FusedForwardOnly),
-        };
+        // Our CPU ops that inference applies without a backward graph.
+        let cpu_op = on_cpu(match mode {
+            Mode::Train => Kernel::Fused,
+            Mode::Inference => Kernel::FusedForwardOnly,
+        });
         RunPlan {
             device,
             mode,
@@ -94,8 +95,8 @@ impl RunPlan {
             dense: on_cpu(Kernel::Fused),
             norm,
             gelu: on_cpu(Kernel::Fused),
-            residual_norm: attention,
-            attention,
+            residual_norm: cpu_op,
+            attention: cpu_op,
             host: cpu,
         }
     }
