@@ -2,10 +2,42 @@
 //! `expf` and libm's `erff` are scalar calls, and they were a fifth of a training step (the
 //! attention softmax, GELU forward and backward). Here exp is Cephes' polynomial (within 2 ulp
 //! of `expf`) and erf the Abramowitz–Stegun 7.1.26 form torch's vectorised CPU GELU also uses
-//! (absolute error < 1.5e-7, < 4e-7 in f32) above |x| = 0.5, its series (< 1e-7) below; loops run over 16-wide accumulators and are compiled a second
-//! time for AVX-512, chosen at run time.
+//! (absolute error < 1.5e-7, < 4e-7 in f32) above |x| = 0.5, its series (< 1e-7) below. Loops
+//! run over 16-wide accumulators with fused multiply-adds, compiled for AVX-512 and for
+//! AVX2 + FMA besides the generic build, chosen at run time.
 
-/// Compiles `$body` twice, generic and with AVX-512F, and picks one per call.
+/// The instruction sets a kernel below is compiled for, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Avx512,
+    Avx2Fma,
+    Generic,
+}
+
+impl Tier {
+    /// The best tier this CPU runs (tests may pin a lower one: `tests::pinned`).
+    fn of_this_cpu() -> Tier {
+        #[cfg(test)]
+        if let Some(tier) = tests::PINNED.get() {
+            return tier;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Tier::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Tier::Avx2Fma;
+            }
+        }
+        Tier::Generic
+    }
+}
+
+/// Compiles `$body` three times, generic, with AVX2 + FMA and with AVX-512F, and picks one per
+/// call (`Tier`). Bodies use `f32::mul_add` (one rounding, so every tier computes the same
+/// values): one instruction where the CPU has FMA; in the generic tier a libm call, slow but
+/// only on x86-64 CPUs from before 2013.
 macro_rules! dispatch {
     ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -16,11 +48,17 @@ macro_rules! dispatch {
             #[target_feature(enable = "avx512f")]
             unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
             #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F (checked just above).
-                return unsafe { avx512($($arg),*) };
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+            match Tier::of_this_cpu() {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512F (`Tier::of_this_cpu`).
+                Tier::Avx512 => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2 and FMA (`Tier::of_this_cpu`).
+                Tier::Avx2Fma => unsafe { avx2($($arg),*) },
+                _ => generic($($arg),*),
             }
-            generic($($arg),*)
         }
     };
 }
@@ -35,8 +73,8 @@ pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let c = x.clamp(-87.336_54, 88.0);
-    let n = (c * LOG2E + 0.5).floor();
-    let r = c - n * LN2_HI - n * LN2_LO;
+    let n = c.mul_add(LOG2E, 0.5).floor();
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, c));
     let mut p = 1.987_569_1e-4f32;
     for k in [
         1.398_199_9e-3,
@@ -45,9 +83,9 @@ pub fn exp(x: f32) -> f32 {
         0.166_666_65,
         0.5,
     ] {
-        p = p * r + k;
+        p = p.mul_add(r, k);
     }
-    let y = p * r * r + r + 1.0;
+    let y = p.mul_add(r * r, r) + 1.0;
     // SAFETY: n is an integer in [-126, 127] (c is clamped), so the conversion is exact; a
     // checked `as` would not vectorise.
     let n = unsafe { n.to_int_unchecked::<i32>() };
@@ -64,12 +102,12 @@ pub fn exp(x: f32) -> f32 {
 #[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let t = 1.0 / 0.327_591_1f32.mul_add(a, 1.0);
     let mut p = 1.061_405_4f32;
     for k in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
-        p = p * t + k;
+        p = p.mul_add(t, k);
     }
-    let far = (1.0 - p * t * exp(-a * a)).copysign(x);
+    let far = (-p * t).mul_add(exp(-a * a), 1.0).copysign(x);
     // 2/sqrt(pi) * (x - x^3/3 + x^5/10 - x^7/42 + x^9/216 - x^11/1320 + x^13/9360)
     let x2 = x * x;
     let mut q = 1.0f32 / 9360.0;
@@ -81,7 +119,7 @@ pub fn erf(x: f32) -> f32 {
         -1.0 / 3.0,
         1.0,
     ] {
-        q = q * x2 + k;
+        q = q.mul_add(x2, k);
     }
     let near = std::f32::consts::FRAC_2_SQRT_PI * x * q;
     if a < 0.5 {
@@ -91,29 +129,25 @@ pub fn erf(x: f32) -> f32 {
     }
 }
 
-/// Max of `row` over 16-wide accumulators.
-#[inline(always)]
-fn max(row: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let chunks = row.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.max(v);
-        }
-    }
-    tail.iter()
-        .chain(&acc)
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v))
-}
-
 dispatch! {
-    /// `row = softmax(row * scale + mask)` in place.
+    /// `row = softmax(row * scale + mask)` in place (`row * scale + mask` rounded once).
     fn softmax_row(row: &mut [f32], mask: &[f32], scale: f32) {
-        for (s, &m) in row.iter_mut().zip(mask) {
-            *s = *s * scale + m;
+        // The larger of two lanes without NaN checks (`f32::max`'s cost 3x the instructions).
+        let larger = |a: f32, b: f32| if b > a { b } else { a };
+        let mut top = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for (c, m) in (&mut chunks).zip(mask.chunks_exact(LANES)) {
+            for ((t, s), &m) in top.iter_mut().zip(c).zip(m) {
+                *s = s.mul_add(scale, m);
+                *t = larger(*t, *s);
+            }
         }
-        let top = max(row);
+        let whole = row.len() - row.len() % LANES;
+        for (s, &m) in row[whole..].iter_mut().zip(&mask[whole..]) {
+            *s = s.mul_add(scale, m);
+            top[0] = larger(top[0], *s);
+        }
+        let top = top.into_iter().fold(f32::NEG_INFINITY, larger);
         let mut acc = [0f32; LANES];
         let mut chunks = row.chunks_exact_mut(LANES);
         for c in &mut chunks {
@@ -127,7 +161,8 @@ dispatch! {
             *s = exp(*s - top);
             sum += *s;
         }
-        row.iter_mut().for_each(|s| *s /= sum);
+        let inverse = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= inverse);
     }
 }
 
@@ -240,6 +275,56 @@ dispatch! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// The tier this test thread's kernels run in, where pinned.
+        pub(super) static PINNED: Cell<Option<Tier>> = const { Cell::new(None) };
+    }
+
+    /// `f()` with the kernels pinned to `tier`.
+    fn pinned<T>(tier: Tier, f: impl FnOnce() -> T) -> T {
+        PINNED.set(Some(tier));
+        let out = f();
+        PINNED.set(None);
+        out
+    }
+
+    /// Every tier this CPU can run computes the same bits (one rounding per multiply-add
+    /// everywhere), on rows with and without a 16-lane tail.
+    #[test]
+    fn every_tier_computes_the_same_values() {
+        let best = Tier::of_this_cpu();
+        let tiers = [Tier::Avx512, Tier::Avx2Fma, Tier::Generic];
+        let runnable = tiers.iter().skip_while(|&&t| t != best);
+        let run = |tier: Tier| {
+            pinned(tier, || {
+                let x: Vec<f32> = (0..389).map(|i| (i as f32 * 0.731).sin() * 5.0).collect();
+                let mask: Vec<f32> = (0..389)
+                    .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
+                    .collect();
+                let mut out = x.clone();
+                softmax_row(&mut out, &mask, 0.3);
+                let mut y = vec![0f32; x.len()];
+                gelu(&x, &mut y);
+                out.extend(&y);
+                gelu_backward(
+                    &x,
+                    &mask.iter().map(|m| 1.0 + m.signum()).collect::<Vec<_>>(),
+                    &mut y,
+                );
+                out.extend(&y);
+                let mut dp = x.clone();
+                softmax_backward_row(&mut dp, &out[..389], 0.7);
+                out.extend(&dp);
+                out.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+            })
+        };
+        let want = run(best);
+        for &tier in runnable {
+            assert!(run(tier) == want, "{tier:?} differs from {best:?}");
+        }
+    }
 
     #[test]
     fn exp_is_within_2_ulp_of_std_and_0_far_below() {
