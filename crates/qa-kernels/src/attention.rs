@@ -19,9 +19,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, DisjointWrites};
+use crate::cpu::{contiguous_f32, written_by, DisjointWrites};
 use crate::dropout::{pack_bits, unpack_bits, MaskLayout, PhiloxDropout, Runs};
-use crate::matmul::{Gemm, Mat, Threads};
+use crate::matmul::{Gemm, Mat, Start, Threads};
 use crate::precision::Precision;
 use crate::vmath;
 
@@ -161,7 +161,7 @@ impl AttentionCore {
         let gemm = Gemm {
             precision: self.precision,
             threads: Threads::One,
-            accumulate: false,
+            start: Start::Zero,
         };
         // SAFETY: the caller's contract.
         unsafe { gemm.run((m, n, k), dst, dst_rs, lhs, rhs) }
@@ -243,17 +243,22 @@ impl CustomOp1 for AttentionCore {
         if self.dropout.is_some() {
             g.probability_runs()?;
         }
-        let mut context = vec![0f32; g.batch * g.len * g.hidden];
-        let out = DisjointWrites(context.as_mut_ptr());
         let words = match self.dropout {
             Some(_) => (g.len * g.len).div_ceil(64),
             None => 1,
         };
         let mut kept = vec![0u64; g.units() * words];
-        kept.par_chunks_mut(words).enumerate().for_each_init(
-            || vec![0f32; 2 * g.len * g.len],
-            |scratch, unit| self.forward_unit(&g, qkv, unit, scratch, out),
-        );
+        // SAFETY: the units write all of the context, each its head's columns of its batch
+        // row (`forward_unit`).
+        let context = unsafe {
+            written_by(g.batch * g.len * g.hidden, |context| {
+                let out = DisjointWrites(context);
+                kept.par_chunks_mut(words).enumerate().for_each_init(
+                    || vec![0f32; 2 * g.len * g.len],
+                    |scratch, unit| self.forward_unit(&g, qkv, unit, scratch, out),
+                )
+            })
+        };
         if self.dropout.is_some() {
             // Each op is applied once (a second forward would keep the first's bits).
             let _ = self.kept.set(kept);
@@ -336,12 +341,17 @@ impl CustomOp2 for AttentionCoreGrad {
         let qkv = contiguous_f32(s1, l1, self.name())?;
         let grad = contiguous_f32(s2, l2, self.name())?;
         let g = Geometry::of(self.0.heads, l1)?;
-        let mut dqkv = vec![0f32; qkv.len()];
-        let out = DisjointWrites(dqkv.as_mut_ptr());
-        (0..g.units()).into_par_iter().for_each_init(
-            || vec![0f32; 3 * g.len * g.len],
-            |scratch, unit| self.backward_unit(&g, (qkv, grad), unit, scratch, out),
-        );
+        // SAFETY: the units write all of the QKV gradient, each its head's Q, K and V columns
+        // of its batch row (`backward_unit`).
+        let dqkv = unsafe {
+            written_by(qkv.len(), |dqkv| {
+                let out = DisjointWrites(dqkv);
+                (0..g.units()).into_par_iter().for_each_init(
+                    || vec![0f32; 3 * g.len * g.len],
+                    |scratch, unit| self.backward_unit(&g, (qkv, grad), unit, scratch, out),
+                )
+            })
+        };
         Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
     }
 }

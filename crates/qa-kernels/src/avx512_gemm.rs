@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::bf16::round_bits;
 use crate::cpu::DisjointWrites;
-use crate::matmul::Mat;
+use crate::matmul::{Mat, Start};
 
 /// Rows per microkernel tile.
 const MR: usize = 12;
@@ -43,8 +43,8 @@ thread_local! {
     static PACKED: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `dst [m, n]` (rows `dst_rs` apart) = `lhs · rhs` (+ `dst` when `accumulate`) on `threads`
-/// threads; `m, n, k` > 0.
+/// `dst [m, n]` (rows `dst_rs` apart) = `start + lhs · rhs` on `threads` threads; `m, n, k`
+/// > 0.
 ///
 /// # Safety
 /// As `Gemm::run`'s, and the CPU must have AVX512-F (and AVX512-BF16 for `BF16`).
@@ -53,14 +53,14 @@ pub unsafe fn gemm<const BF16: bool>(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
-    accumulate: bool,
+    start: Start<'_>,
     (lhs, rhs): (Mat, Rhs<'_>),
 ) {
     let block = Block::<BF16> {
         k,
         dst: DisjointWrites(dst),
         dst_rs,
-        accumulate,
+        start,
         lhs,
         rhs,
     };
@@ -141,7 +141,7 @@ struct Block<'a, const BF16: bool> {
     k: usize,
     dst: DisjointWrites,
     dst_rs: usize,
-    accumulate: bool,
+    start: Start<'a>,
     lhs: Mat,
     rhs: Rhs<'a>,
 }
@@ -175,7 +175,8 @@ impl<const BF16: bool> Block<'_, BF16> {
         let units = self.k.div_ceil(per_unit(BF16));
         for u0 in (0..units).step_by(KC) {
             let block = u0..(u0 + KC).min(units);
-            let accumulate = self.accumulate || u0 > 0;
+            // Later blocks of k add onto what the earlier ones stored.
+            let start = if u0 == 0 { self.start } else { Start::Dst };
             // SAFETY: the reads stay inside lhs and rhs, the writes inside dst[rows, cols].
             unsafe {
                 let panels: &[u32] = match self.rhs {
@@ -199,7 +200,7 @@ impl<const BF16: bool> Block<'_, BF16> {
                         (chunk, cols.clone()),
                         (packed_rows, layout),
                         panels,
-                        accumulate,
+                        start,
                     );
                 }
             }
@@ -213,7 +214,7 @@ impl<const BF16: bool> Block<'_, BF16> {
         (rows, cols): (Range<usize>, Range<usize>),
         (packed_rows, layout): (&[u32], RowLayout),
         panels: &[u32],
-        accumulate: bool,
+        start: Start<'_>,
     ) {
         for (jt, j0) in cols.clone().step_by(NR).enumerate() {
             let panel = &panels[jt * kc * NR..][..kc * NR];
@@ -222,12 +223,17 @@ impl<const BF16: bool> Block<'_, BF16> {
                 let (h, w) = (MR.min(rows.end - i0), NR.min(cols.end - j0));
                 // SAFETY: (i0, j0) + (h, w) lies inside dst[rows, cols].
                 let c = unsafe { self.dst.0.add(i0 * self.dst_rs + j0) };
+                let onto = match start {
+                    Start::Zero => Onto::Nothing,
+                    Start::Dst => Onto::Dst,
+                    Start::Row(row) => Onto::Row(row[j0..].as_ptr()),
+                };
                 let out = Tile {
                     c,
                     c_rs: self.dst_rs,
                     h,
                     w,
-                    accumulate,
+                    onto,
                 };
                 // SAFETY: the sliver and panel hold kc units; c is h x w with rows dst_rs apart.
                 unsafe {
@@ -430,14 +436,37 @@ unsafe fn pack_panels<const BF16: bool>(
     }
 }
 
-/// Where a tile's results go: `c [h, w]`, rows `c_rs` apart, added onto when `accumulate`.
+/// Where a tile's results go: `c [h, w]`, rows `c_rs` apart, added onto `onto`.
 #[derive(Clone, Copy)]
 struct Tile {
     c: *mut f32,
     c_rs: usize,
     h: usize,
     w: usize,
-    accumulate: bool,
+    onto: Onto,
+}
+
+/// What a tile's results are added onto (`Start` at the tile).
+#[derive(Clone, Copy)]
+enum Onto {
+    Nothing,
+    /// The tile's own values in dst.
+    Dst,
+    /// The same `w` values under each row (the start row from the tile's first column).
+    Row(*const f32),
+}
+
+impl Onto {
+    /// The row `r`'s base to add onto, if any.
+    #[inline(always)]
+    fn base(self, c: *mut f32, c_rs: usize, r: usize) -> Option<*const f32> {
+        match self {
+            Onto::Nothing => None,
+            // SAFETY (for the caller's reads): row r of the tile lies in dst.
+            Onto::Dst => Some(c.wrapping_add(r * c_rs)),
+            Onto::Row(row) => Some(row),
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -498,17 +527,18 @@ unsafe fn store(lo: &[__m512; MR], hi: &[__m512; MR], out: Tile) {
         c_rs,
         h,
         w,
-        accumulate,
+        onto,
     } = out;
     if h == MR && w == NR {
         for r in 0..MR {
-            // SAFETY: the tile is whole: row r has NR writable elements at c + r * c_rs.
+            // SAFETY: the tile is whole: row r has NR writable elements at c + r * c_rs, and
+            // its base (dst's row or the start row) NR readable ones.
             unsafe {
                 let row = c.add(r * c_rs);
                 let (mut x, mut y) = (lo[r], hi[r]);
-                if accumulate {
-                    x = _mm512_add_ps(x, _mm512_loadu_ps(row));
-                    y = _mm512_add_ps(y, _mm512_loadu_ps(row.add(16)));
+                if let Some(base) = onto.base(c, c_rs, r) {
+                    x = _mm512_add_ps(x, _mm512_loadu_ps(base));
+                    y = _mm512_add_ps(y, _mm512_loadu_ps(base.add(16)));
                 }
                 _mm512_storeu_ps(row, x);
                 _mm512_storeu_ps(row.add(16), y);
@@ -525,10 +555,16 @@ unsafe fn store(lo: &[__m512; MR], hi: &[__m512; MR], out: Tile) {
         }
     }
     for r in 0..h {
-        // SAFETY: row r of the partial tile has w writable elements.
-        let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * c_rs), w) };
-        for (x, &v) in row.iter_mut().zip(&whole[r * NR..]) {
-            *x = if accumulate { *x + v } else { v };
+        let base = onto.base(c, c_rs, r);
+        for (j, &v) in whole[r * NR..][..w].iter().enumerate() {
+            // SAFETY: row r of the partial tile has w writable elements, its base w readable
+            // ones.
+            unsafe {
+                *c.add(r * c_rs + j) = match base {
+                    Some(b) => v + *b.add(j),
+                    None => v,
+                }
+            };
         }
     }
 }

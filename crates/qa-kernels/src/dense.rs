@@ -2,7 +2,7 @@
 //! node, a matmul into a zeroed buffer and a broadcast add; in backward the weight gradient
 //! then comes out transposed and is added into a fresh zeroed tensor through candle's strided
 //! (one-thread) path, and the bias gradient is a strided one-thread reduction. Here the
-//! output is filled with the bias and the GEMM accumulates onto it; backward gives `dW` in
+//! GEMM adds the bias where it stores its first block of k (`Start::Row`); backward gives `dW` in
 //! `W`'s own layout from one GEMM, `dx` from another, `db` from parallel fixed-range sums.
 //! All three GEMMs run in the op's `Precision`.
 
@@ -11,10 +11,10 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, last_dim, part_rows, PARTS};
+use crate::cpu::{contiguous_f32, last_dim, part_rows, written_by, PARTS};
 #[cfg(target_arch = "x86_64")]
 use crate::matmul::PackedRhs;
-use crate::matmul::{Gemm, Mat, Threads};
+use crate::matmul::{Gemm, Mat, Start, Threads};
 use crate::precision::Precision;
 
 /// `x [..., in] W^T + b` → `[..., out]` as one differentiable op (CPU tensors), as `op` says.
@@ -61,6 +61,36 @@ impl DenseOp {
     }
 }
 
+impl DenseOp {
+    /// The weight (read as `W^T`, `k x n`) packed for `gemm`, in inference where our kernel
+    /// runs a product of `rows` rows; packed at the first such call.
+    ///
+    /// # Safety
+    /// `rhs` must cover `k x n` readable elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn packed_weight(
+        &self,
+        gemm: &Gemm,
+        rows: usize,
+        rhs: Mat,
+        (k, n): (usize, usize),
+    ) -> Option<&PackedRhs> {
+        let cell = self
+            .packed
+            .as_ref()
+            .filter(|_| gemm.uses_our_kernel(rows))?;
+        // SAFETY: the caller's contract.
+        let packed = cell.get_or_init(|| unsafe { PackedRhs::new(rhs, (k, n), self.precision) });
+        packed.as_ref().filter(|p| p.shape() == (k, n))
+    }
+
+    /// Never packed off x86-64 (no kernel of ours there).
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn packed_weight(&self, _: &Gemm, _: usize, _: Mat, _: (usize, usize)) -> Option<()> {
+        None
+    }
+}
+
 impl CustomOp3 for DenseOp {
     fn name(&self) -> &'static str {
         "dense"
@@ -89,30 +119,23 @@ impl CustomOp3 for DenseOp {
                 b.len()
             );
         }
-        // Each row starts as the bias; the GEMM adds x W^T onto it.
-        let mut y = Vec::with_capacity(rows * n);
-        for _ in 0..rows {
-            y.extend_from_slice(b);
-        }
         let gemm = Gemm {
             precision: self.precision,
             threads: Threads::All,
-            accumulate: true,
+            start: Start::Row(b),
         };
         let (lhs, rhs) = (Mat::rows(x.as_ptr(), k), Mat::rows(w.as_ptr(), k).t());
-        #[cfg(target_arch = "x86_64")]
-        if let Some(cell) = self.packed.as_ref().filter(|_| gemm.uses_our_kernel(rows)) {
-            // SAFETY: W (read as W^T) is k x n.
-            let packed =
-                cell.get_or_init(|| unsafe { PackedRhs::new(rhs, (k, n), self.precision) });
-            if let Some(packed) = packed.as_ref().filter(|p| p.shape() == (k, n)) {
-                // SAFETY: x is rows x k, y rows x n; the packed weight is W^T's k x n.
-                unsafe { gemm.run_packed(rows, y.as_mut_ptr(), n, lhs, packed) };
-                return Ok((CpuStorage::F32(y), output_shape(l1, n)));
-            }
-        }
-        // SAFETY: x is rows x k, W (read as W^T, k x n) n x k, y rows x n, all contiguous.
-        unsafe { gemm.run((rows, n, k), y.as_mut_ptr(), n, lhs, rhs) };
+        // SAFETY: x is rows x k, W (read as W^T, k x n) n x k, y rows x n; the product writes
+        // all of y (the start is a row, not y).
+        let y = unsafe {
+            written_by(rows * n, |y| {
+                match self.packed_weight(&gemm, rows, rhs, (k, n)) {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(packed) => gemm.run_packed(rows, y, n, lhs, packed),
+                    _ => gemm.run((rows, n, k), y, n, lhs, rhs),
+                }
+            })
+        };
         Ok((CpuStorage::F32(y), output_shape(l1, n)))
     }
 
@@ -189,22 +212,15 @@ impl CustomOp2 for Product {
                 self.transpose_lhs
             );
         }
-        let mut out = vec![0f32; m * n];
         let gemm = Gemm {
             precision: self.precision,
             threads: Threads::All,
-            accumulate: false,
+            start: Start::Zero,
         };
-        // SAFETY: lhs is m x k, rhs k x n, out m x n, all inside their buffers.
-        unsafe {
-            gemm.run(
-                (m, n, k),
-                out.as_mut_ptr(),
-                n,
-                lhs,
-                Mat::rows(b.as_ptr(), n),
-            )
-        };
+        let rhs = Mat::rows(b.as_ptr(), n);
+        // SAFETY: lhs is m x k, rhs k x n, out m x n, all inside their buffers; the product
+        // writes all of out.
+        let out = unsafe { written_by(m * n, |out| gemm.run((m, n, k), out, n, lhs, rhs)) };
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }

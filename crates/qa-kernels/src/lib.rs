@@ -26,7 +26,7 @@ pub mod softmax;
 pub mod testing;
 pub mod vmath;
 
-pub use matmul::{Gemm, Mat, Threads};
+pub use matmul::{Gemm, Mat, Start, Threads};
 pub use precision::Precision;
 
 #[cfg(feature = "cuda")]

@@ -104,22 +104,33 @@ impl Threads {
     }
 }
 
-/// How a product runs: its arithmetic, its threads, and whether it adds onto the destination.
+/// What a product is added onto: `dst = start + lhs · rhs`.
 #[derive(Debug, Clone, Copy)]
-pub struct Gemm {
-    pub precision: Precision,
-    pub threads: Threads,
-    /// Add the product onto the destination's values instead of overwriting them.
-    pub accumulate: bool,
+pub enum Start<'a> {
+    /// Nothing: the product overwrites the destination (which it does not read).
+    Zero,
+    /// The destination's own values.
+    Dst,
+    /// This `[n]` row, under every row of the product (a bias); added where the first block
+    /// of k is stored, so the destination is written once.
+    Row(&'a [f32]),
 }
 
-impl Gemm {
-    /// `dst [m, n]` (rows `dst_rs` apart) = `lhs [m, k] · rhs [k, n]` (+ `dst` when
-    /// accumulating).
+/// How a product runs: its arithmetic, its threads, and what it is added onto.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm<'a> {
+    pub precision: Precision,
+    pub threads: Threads,
+    pub start: Start<'a>,
+}
+
+impl Gemm<'_> {
+    /// `dst [m, n]` (rows `dst_rs` apart) = `start + lhs [m, k] · rhs [k, n]`.
     ///
     /// # Safety
     /// `lhs` and `rhs` must cover `m x k` and `k x n` readable elements, `dst` `m x n` writable
-    /// ones that nothing else touches meanwhile.
+    /// ones that nothing else touches meanwhile; a `Start::Row` has `n` elements. Unless the
+    /// start is `Start::Dst`, `dst` is written without being read (it may be uninitialised).
     ///
     /// # Panics
     /// With `Precision::Bf16` on a CPU without AVX512-BF16 (runs check this up front with
@@ -136,13 +147,8 @@ impl Gemm {
             return;
         }
         if k == 0 {
-            if !self.accumulate {
-                for r in 0..m {
-                    // SAFETY: row r of dst is n writable elements (the caller's contract).
-                    unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n).fill(0.0) };
-                }
-            }
-            return;
+            // SAFETY: the caller's contract.
+            return unsafe { self.fill_start(m, n, dst, dst_rs) };
         }
         let threads = self.threads.count();
         match self.precision {
@@ -154,7 +160,7 @@ impl Gemm {
                     (m, n, k),
                     dst,
                     dst_rs,
-                    self.accumulate,
+                    self.start,
                     (lhs, Rhs::Strided(rhs)),
                 )
             },
@@ -173,7 +179,7 @@ impl Gemm {
                         (m, n, k),
                         dst,
                         dst_rs,
-                        self.accumulate,
+                        self.start,
                         (lhs, Rhs::Strided(rhs)),
                     )
                 }
@@ -214,7 +220,7 @@ impl Gemm {
                     (m, n, k),
                     dst,
                     dst_rs,
-                    self.accumulate,
+                    self.start,
                     operands,
                 ),
                 Precision::Bf16 => crate::avx512_gemm::gemm::<true>(
@@ -222,7 +228,7 @@ impl Gemm {
                     (m, n, k),
                     dst,
                     dst_rs,
-                    self.accumulate,
+                    self.start,
                     operands,
                 ),
             }
@@ -251,7 +257,7 @@ impl Gemm {
                     (m, n, k),
                     dst,
                     dst_rs,
-                    self.accumulate,
+                    self.start,
                     operands,
                 ),
                 Precision::Bf16 => crate::avx512_gemm::gemm::<true>(
@@ -259,7 +265,7 @@ impl Gemm {
                     (m, n, k),
                     dst,
                     dst_rs,
-                    self.accumulate,
+                    self.start,
                     operands,
                 ),
             }
@@ -299,9 +305,19 @@ impl Gemm {
             1 => gemm::Parallelism::None,
             n => gemm::Parallelism::Rayon(n),
         };
-        let alpha = if self.accumulate { 1.0 } else { 0.0 };
+        // The crate adds onto dst or overwrites it: a start row is written in first.
+        let onto_dst = match self.start {
+            Start::Zero => false,
+            Start::Dst => true,
+            Start::Row(_) => {
+                // SAFETY: the caller's contract.
+                unsafe { self.fill_start(m, n, dst, dst_rs) };
+                true
+            }
+        };
+        let alpha = if onto_dst { 1.0 } else { 0.0 };
         // SAFETY: the caller guarantees the extents; gemm computes
-        // dst = alpha * dst + 1 * lhs · rhs, reading dst only when accumulating.
+        // dst = alpha * dst + 1 * lhs · rhs, reading dst only when onto_dst.
         unsafe {
             gemm::gemm(
                 m,
@@ -310,7 +326,7 @@ impl Gemm {
                 dst,
                 1,
                 dst_rs as isize,
-                self.accumulate,
+                onto_dst,
                 lhs.ptr,
                 lhs.cs,
                 lhs.rs,
@@ -324,6 +340,27 @@ impl Gemm {
                 false,
                 parallelism,
             )
+        }
+    }
+}
+
+impl Gemm<'_> {
+    /// `dst [m, n]` = the start alone (a product over k = 0).
+    ///
+    /// # Safety
+    /// As `run`'s for `dst`.
+    unsafe fn fill_start(&self, m: usize, n: usize, dst: *mut f32, dst_rs: usize) {
+        for r in 0..m {
+            // SAFETY: row r of dst is n writable elements (the caller's contract); written
+            // through the pointer, as they may be uninitialised.
+            unsafe {
+                let row = dst.add(r * dst_rs);
+                match self.start {
+                    Start::Zero => std::ptr::write_bytes(row, 0, n),
+                    Start::Dst => return,
+                    Start::Row(start) => std::ptr::copy_nonoverlapping(start[..n].as_ptr(), row, n),
+                }
+            }
         }
     }
 }
@@ -346,18 +383,24 @@ mod tests {
     use crate::bf16;
     use crate::testing::wave;
 
-    /// `lhs · rhs` by `gemm` with both inputs in every layout (row-major or transposed in
-    /// memory) and both write modes, against an f64 reference.
+    /// `start + lhs · rhs` by `gemm` with both inputs in every layout (row-major or
+    /// transposed in memory) and every start, against an f64 reference.
     fn check(precision: Precision, threads: Threads, (m, n, k): (usize, usize, usize)) {
         let lhs = wave(m * k, 0.3, 0.37, 1.0);
         let rhs = wave(k * n, 1.7, 0.53, 1.0);
         let start = wave(m * n, 2.9, 0.71, 1.0);
+        let bias = wave(n, 4.1, 0.29, 1.0);
         let (lhs_t, rhs_t) = (transpose(&lhs, m, k), transpose(&rhs, k, n));
         let exact: Vec<f64> = match precision {
             Precision::Bf16 => bf16::reference_matmul(m, n, k, &lhs, &rhs),
             Precision::F32 => f64_matmul(m, n, k, &lhs, &rhs),
         };
-        for accumulate in [false, true] {
+        for onto in [Start::Zero, Start::Dst, Start::Row(&bias)] {
+            let start_at = |i: usize| match onto {
+                Start::Zero => 0.0,
+                Start::Dst => f64::from(start[i]),
+                Start::Row(row) => f64::from(row[i % n]),
+            };
             for (a, b) in [
                 (Mat::rows(lhs.as_ptr(), k), Mat::rows(rhs.as_ptr(), n)),
                 (
@@ -368,7 +411,7 @@ mod tests {
                 let gemm = Gemm {
                     precision,
                     threads,
-                    accumulate,
+                    start: onto,
                 };
                 let mut dst = start.clone();
                 // SAFETY: the buffers are m x k, k x n and m x n.
@@ -389,12 +432,12 @@ mod tests {
                     .enumerate()
                 {
                     let i = i % exact.len();
-                    let want = want + if accumulate { f64::from(start[i]) } else { 0.0 };
+                    let want = want + start_at(i);
                     // f32 summation of k products of magnitude <= 1: k ulps of the sum's scale.
                     let tolerance = 2.0 * k as f64 * f64::from(f32::EPSILON) * (1.0 + want.abs());
                     assert!(
                         (f64::from(got) - want).abs() <= tolerance,
-                        "{precision} {m}x{n}x{k} accumulate {accumulate}: [{i}] {got} vs {want}"
+                        "{precision} {m}x{n}x{k} {onto:?}: [{i}] {got} vs {want}"
                     );
                 }
             }
@@ -451,23 +494,24 @@ mod tests {
     }
 
     #[test]
-    fn zero_depth_products_clear_or_keep_the_destination() {
+    fn zero_depth_products_are_their_start() {
+        let bias = [1f32, 2., 4.];
         for precision in Precision::ALL.into_iter().filter(|p| p.supported()) {
-            for accumulate in [false, true] {
+            for (start, want) in [
+                (Start::Zero, [0f32; 3]),
+                (Start::Dst, [3f32; 3]),
+                (Start::Row(&bias), bias),
+            ] {
                 let mut dst = vec![3f32; 6];
                 let empty = Mat::rows(std::ptr::null(), 0);
                 let gemm = Gemm {
                     precision,
                     threads: Threads::All,
-                    accumulate,
+                    start,
                 };
                 // SAFETY: k = 0 reads nothing; dst is 2 x 3.
                 unsafe { gemm.run((2, 3, 0), dst.as_mut_ptr(), 3, empty, empty) };
-                assert_eq!(
-                    dst,
-                    vec![if accumulate { 3.0 } else { 0.0 }; 6],
-                    "{precision}"
-                );
+                assert_eq!(dst, [want, want].concat(), "{precision} {start:?}");
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use qa_kernels::{Gemm, Mat, Precision, Threads};
+use qa_kernels::{Gemm, Mat, Precision, Start, Threads};
 use rayon::prelude::*;
 
 struct Shape {
@@ -102,7 +102,7 @@ fn rate(shape: &Shape, which: Which, seconds: f64) -> f64 {
         } else {
             Threads::All
         },
-        accumulate: false,
+        start: Start::Zero,
     };
     let run_one = |(a, b, c): &(Vec<f32>, Vec<f32>, Vec<f32>)| {
         let lhs = if shape.lhs_t {
