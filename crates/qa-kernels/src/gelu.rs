@@ -2,7 +2,7 @@
 //! the vectorised erf of `vmath` (libm's `erff` is a scalar call). CPU only: elsewhere
 //! candle's `gelu_erf` runs.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, CHUNK};
@@ -10,6 +10,14 @@ use crate::cpu::{contiguous_f32, CHUNK};
 /// Fused, differentiable GELU (CPU tensors).
 pub fn fused(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluOp)
+}
+
+/// GELU without a backward graph (inference), written over `x`, which nothing else may read
+/// after (a dense layer's fresh output). Returns `x`.
+pub fn in_place(x: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.inplace_op1(&GeluInPlace)?;
+    Ok(x)
 }
 
 /// candle's GELU (erf): the reference, and what runs on a GPU.
@@ -37,6 +45,26 @@ impl CustomOp1 for GeluOp {
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+/// GELU over its input's own storage (`in_place`).
+#[derive(Debug, Clone, Copy)]
+pub struct GeluInPlace;
+
+impl InplaceOp1 for GeluInPlace {
+    fn name(&self) -> &'static str {
+        "gelu-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let (CpuStorage::F32(x), Some((start, end))) = (s, l.contiguous_offsets()) else {
+            candle_core::bail!("{}: contiguous f32 only", self.name());
+        };
+        x[start..end]
+            .par_chunks_mut(CHUNK)
+            .for_each(crate::vmath::gelu_in_place);
+        Ok(())
     }
 }
 
@@ -87,5 +115,15 @@ mod tests {
         };
         let (a, r) = (grad(&fused), grad(&reference));
         assert!(max_diff(&a, &r) < 1e-5, "grad {}", max_diff(&a, &r));
+        let over = x.as_tensor().copy().unwrap();
+        let y = in_place(&over).unwrap();
+        let want: Vec<f32> = fused.flatten_all().unwrap().to_vec1().unwrap();
+        for t in [&y, &over] {
+            assert_eq!(
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want,
+                "in place"
+            );
+        }
     }
 }

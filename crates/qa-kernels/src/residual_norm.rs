@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{contiguous_f32, part_rows, PARTS};
@@ -33,15 +33,12 @@ pub fn fused(h: &Tensor, residual: &Tensor, norm: NormParams, op: ResidualNorm) 
     h.apply_op3(&residual, &stacked(norm)?, op)
 }
 
-/// The same without a backward graph (inference).
-pub fn forward_only(
-    h: &Tensor,
-    residual: &Tensor,
-    norm: NormParams,
-    op: &ResidualNorm,
-) -> Result<Tensor> {
+/// The same without a backward graph or dropout (inference), written over `h`: the dense
+/// layer's output, which nothing else reads. Returns `h`.
+pub fn in_place(h: &Tensor, residual: &Tensor, norm: NormParams, eps: f64) -> Result<Tensor> {
     let (h, residual) = (h.contiguous()?, residual.contiguous()?);
-    h.apply_op3_no_bwd(&residual, &stacked(norm)?, op)
+    h.inplace_op3(&residual, &stacked(norm)?, &ResidualNormInPlace { eps })?;
+    Ok(h)
 }
 
 /// Composed from the separate ops: the reference the fused op is tested against.
@@ -69,8 +66,8 @@ fn stacked((weight, bias): NormParams) -> Result<Tensor> {
 pub struct ResidualNorm {
     pub eps: f64,
     pub dropout: Option<PhiloxDropout>,
-    /// What backward reads, kept by the forward pass (none when applied without backward).
-    saved: Option<Arc<OnceLock<Saved>>>,
+    /// What backward reads, kept by the forward pass.
+    saved: Arc<OnceLock<Saved>>,
 }
 
 /// The forward pass's per-row results that backward needs.
@@ -90,16 +87,7 @@ impl ResidualNorm {
         ResidualNorm {
             eps,
             dropout,
-            saved: Some(Arc::default()),
-        }
-    }
-
-    /// The op for inference (no dropout, nothing kept).
-    pub fn inference(eps: f64) -> Self {
-        ResidualNorm {
-            eps,
-            dropout: None,
-            saved: None,
+            saved: Arc::default(),
         }
     }
 
@@ -108,37 +96,62 @@ impl ResidualNorm {
     fn forward_rows(
         &self,
         (h, residual): (&[f32], &[f32]),
-        (w, b): (&[f32], &[f32]),
+        norm: (&[f32], &[f32]),
         mask: Option<(&Runs, u64)>,
         kept: &mut [u64],
         (y, normed, rstd): (&mut [f32], &mut [f32], &mut [f32]),
     ) {
-        let d = w.len();
-        let mut x = residual.to_vec();
         if let (Some(dropout), Some((runs, first))) = (self.dropout, mask) {
             let mut multipliers = vec![0f32; h.len()];
             dropout.fill_tensor(runs, first, &mut multipliers);
-            for ((x, &h), &m) in x.iter_mut().zip(h).zip(&multipliers) {
-                *x += h * m;
+            for (((y, &r), &h), &m) in y.iter_mut().zip(residual).zip(h).zip(&multipliers) {
+                *y = r + h * m;
             }
             pack_bits(&multipliers, kept);
         } else {
-            x.iter_mut().zip(h).for_each(|(x, &h)| *x += h);
+            y.iter_mut()
+                .zip(residual)
+                .zip(h)
+                .for_each(|((y, &r), &h)| *y = r + h);
         }
-        for (((xr, yr), nr), s) in x
-            .chunks(d)
-            .zip(y.chunks_mut(d))
-            .zip(normed.chunks_mut(d))
-            .zip(rstd.iter_mut())
-        {
-            let (mean, r) = row_stats(xr, self.eps);
-            *s = r;
-            for j in 0..d {
-                nr[j] = (xr[j] - mean) * r;
-                yr[j] = nr[j] * w[j] + b[j];
-            }
+        let d = norm.0.len();
+        for ((row, normed), rstd) in y.chunks_mut(d).zip(normed.chunks_mut(d)).zip(rstd) {
+            *rstd = normalize_row(row, norm, self.eps, Some(normed));
         }
     }
+}
+
+/// `row = LayerNorm(row)` with `norm`'s weight and bias in place; the normalised values
+/// `(x - mean) / std` also into `normed` when given. Returns `1 / std`.
+fn normalize_row(
+    row: &mut [f32],
+    (w, b): (&[f32], &[f32]),
+    eps: f64,
+    mut normed: Option<&mut [f32]>,
+) -> f32 {
+    let (mean, rstd) = row_stats(row, eps);
+    for j in 0..row.len() {
+        let n = (row[j] - mean) * rstd;
+        if let Some(normed) = normed.as_deref_mut() {
+            normed[j] = n;
+        }
+        row[j] = n * w[j] + b[j];
+    }
+    rstd
+}
+
+/// The shapes of `(h, residual, [weight; bias])`, checked: the LayerNorm's width.
+fn checked_width(l1: &Layout, l2: &Layout, l3: &Layout) -> Result<usize> {
+    let d = l3.dims().get(1).copied().unwrap_or(0);
+    if l1.shape() != l2.shape() || l3.dims() != [2, d] || l1.shape().elem_count() % d.max(1) != 0 {
+        candle_core::bail!(
+            "residual-norm: h {:?}, residual {:?}, params {:?}",
+            l1.dims(),
+            l2.dims(),
+            l3.dims()
+        );
+    }
+    Ok(d)
 }
 
 impl CustomOp3 for ResidualNorm {
@@ -160,15 +173,7 @@ impl CustomOp3 for ResidualNorm {
             contiguous_f32(s2, l2, self.name())?,
         );
         let params = contiguous_f32(s3, l3, self.name())?;
-        let d = params.len() / 2;
-        if l1.shape() != l2.shape() || l3.dims() != [2, d] || h.len() % d.max(1) != 0 {
-            candle_core::bail!(
-                "residual-norm: h {:?}, residual {:?}, params {:?}",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
+        let d = checked_width(l1, l2, l3)?;
         let (w, b) = params.split_at(d);
         let rows = h.len() / d;
         let runs = match self.dropout {
@@ -192,10 +197,8 @@ impl CustomOp3 for ResidualNorm {
                 let mask = runs.as_ref().map(|r| (r, (t * span) as u64));
                 self.forward_rows((h, residual), (w, b), mask, kept, (y, normed, rstd));
             });
-        if let Some(saved) = &self.saved {
-            // Each op runs forward once (a second forward would keep the first's).
-            let _ = saved.set(Saved { normed, rstd, kept });
-        }
+        // Each op runs forward once (a second forward would keep the first's).
+        let _ = self.saved.set(Saved { normed, rstd, kept });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -207,9 +210,10 @@ impl CustomOp3 for ResidualNorm {
         _y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(saved) = self.saved.as_ref().filter(|s| s.get().is_some()) else {
-            candle_core::bail!("residual-norm: backward of an op that kept nothing");
-        };
+        let saved = &self.saved;
+        if saved.get().is_none() {
+            candle_core::bail!("residual-norm: backward of an op that never ran forward");
+        }
         let d = params.dim(1)?;
         let rows = h.elem_count() / d;
         let grad_op = ResidualNormGrad {
@@ -231,6 +235,47 @@ impl CustomOp3 for ResidualNorm {
             Some(dx.reshape(h.shape())?),
             Some(Tensor::stack(&[dw, db], 0)?),
         ))
+    }
+}
+
+/// `h = LayerNorm(h + residual)` in place (`in_place`): inference, with no dropout and nothing
+/// kept for a backward pass, and no output buffer of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct ResidualNormInPlace {
+    pub eps: f64,
+}
+
+impl InplaceOp3 for ResidualNormInPlace {
+    fn name(&self) -> &'static str {
+        "residual-norm-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let d = checked_width(l1, l2, l3)?;
+        let residual = contiguous_f32(s2, l2, self.name())?;
+        let (w, b) = contiguous_f32(s3, l3, self.name())?.split_at(d);
+        let (CpuStorage::F32(h), Some((start, end))) = (s1, l1.contiguous_offsets()) else {
+            candle_core::bail!("{}: contiguous f32 h only", self.name());
+        };
+        let span = TASK_ROWS * d;
+        h[start..end]
+            .par_chunks_mut(span)
+            .zip(residual.par_chunks(span))
+            .for_each(|(y, residual)| {
+                y.iter_mut().zip(residual).for_each(|(y, &r)| *y = r + *y);
+                for row in y.chunks_mut(d) {
+                    normalize_row(row, (w, b), self.eps, None);
+                }
+            });
+        Ok(())
     }
 }
 
@@ -409,19 +454,16 @@ mod tests {
         }
     }
 
-    /// The op for inference computes the same forward, and refuses a backward.
+    /// The inference op computes the training op's forward bit for bit, over `h` itself.
     #[test]
-    fn forward_only_matches_and_keeps_nothing() {
+    fn in_place_matches_the_training_forward() {
         let x = inputs();
         let (h, residual) = (x.h.as_tensor(), x.residual.as_tensor());
         let trained = fused(h, residual, x.norm(), ResidualNorm::new(1e-5, None)).unwrap();
-        let op = ResidualNorm::inference(1e-5);
-        assert_eq!(
-            flat(&forward_only(h, residual, x.norm(), &op).unwrap()),
-            flat(&trained)
-        );
-        let y = fused(h, residual, x.norm(), op).unwrap();
-        assert!(y.sum_all().unwrap().backward().is_err());
+        let h = h.copy().unwrap();
+        let y = in_place(&h, residual, x.norm(), 1e-5).unwrap();
+        assert_eq!(flat(&y), flat(&trained));
+        assert_eq!(flat(&h), flat(&trained), "written over h");
     }
 
     /// A finite-difference check of `h`'s gradient through the dropout mask (fixed by its

@@ -250,12 +250,25 @@ dispatch! {
     }
 }
 
+/// GELU (erf form): `x * Φ(x)`, Φ the standard normal CDF.
+#[inline(always)]
+fn gelu_of(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 dispatch! {
     /// `y = x * Φ(x)`, Φ the standard normal CDF (GELU, erf form).
     fn gelu(x: &[f32], y: &mut [f32]) {
         for (o, &v) in y.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+            *o = gelu_of(v);
         }
+    }
+}
+
+dispatch! {
+    /// `x = x * Φ(x)` in place.
+    fn gelu_in_place(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = gelu_of(*v));
     }
 }
 

@@ -70,6 +70,7 @@ impl LayerNorm {
     }
 
     /// `LayerNorm(dropout(h) + residual)`, the end of each sub-layer (`dropout`: training).
+    /// Inference on the CPU writes the result over `h` (a dense layer's fresh output).
     pub fn forward_residual(
         &self,
         h: &Tensor,
@@ -82,8 +83,7 @@ impl LayerNorm {
                 residual_norm::fused(h, residual, norm, ResidualNorm::new(self.eps, dropout))
             }
             Kernel::FusedForwardOnly if dropout.is_none() => {
-                let op = ResidualNorm::inference(self.eps);
-                residual_norm::forward_only(h, residual, norm, &op)
+                residual_norm::in_place(h, residual, norm, self.eps)
             }
             _ => {
                 let dropped = match dropout {
@@ -105,10 +105,12 @@ pub fn softmax(x: &Tensor, kernel: Kernel) -> Result<Tensor> {
     }
 }
 
-/// GELU (erf) with `kernel`.
+/// GELU (erf) with `kernel`; forward-only on the CPU it writes over `x` (a dense layer's
+/// fresh output).
 pub fn gelu(x: &Tensor, kernel: Kernel) -> Result<Tensor> {
     match kernel {
-        Kernel::Fused | Kernel::FusedForwardOnly => gelu::fused(x),
+        Kernel::Fused => gelu::fused(x),
+        Kernel::FusedForwardOnly => gelu::in_place(x),
         Kernel::Composed | Kernel::CandleForwardOnly => gelu::composed(x),
     }
 }

@@ -94,7 +94,7 @@ impl RunPlan {
             options,
             dense: on_cpu(Kernel::Fused),
             norm,
-            gelu: on_cpu(Kernel::Fused),
+            gelu: cpu_op,
             residual_norm: cpu_op,
             attention: cpu_op,
             host: cpu,
