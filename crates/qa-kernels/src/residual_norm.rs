@@ -143,7 +143,10 @@ fn normalize_row(
 /// The shapes of `(h, residual, [weight; bias])`, checked: the LayerNorm's width.
 fn checked_width(l1: &Layout, l2: &Layout, l3: &Layout) -> Result<usize> {
     let d = l3.dims().get(1).copied().unwrap_or(0);
-    if l1.shape() != l2.shape() || l3.dims() != [2, d] || l1.shape().elem_count() % d.max(1) != 0 {
+    if l1.shape() != l2.shape()
+        || l3.dims() != [2, d]
+        || !l1.shape().elem_count().is_multiple_of(d.max(1))
+    {
         candle_core::bail!(
             "residual-norm: h {:?}, residual {:?}, params {:?}",
             l1.dims(),
@@ -270,7 +273,7 @@ impl InplaceOp3 for ResidualNormInPlace {
             .par_chunks_mut(span)
             .zip(residual.par_chunks(span))
             .for_each(|(y, residual)| {
-                y.iter_mut().zip(residual).for_each(|(y, &r)| *y = r + *y);
+                y.iter_mut().zip(residual).for_each(|(y, &r)| *y += r);
                 for row in y.chunks_mut(d) {
                     normalize_row(row, (w, b), self.eps, None);
                 }
