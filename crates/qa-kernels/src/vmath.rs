@@ -285,6 +285,36 @@ dispatch! {
     }
 }
 
+/// The scalars of one AdamW step of one tensor (torch's `_single_tensor_adamw`, the bias
+/// corrections folded into `step_size` and `bias2_sqrt`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWStep {
+    /// `1 - lr * weight_decay`, or 1 where the tensor does not decay.
+    pub decay: f32,
+    pub step_size: f32,
+    pub beta2: f32,
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
+    pub bias2_sqrt: f32,
+    pub eps: f32,
+}
+
+dispatch! {
+    /// One AdamW step in place: parameters `p`, moments `m` and `v`, gradient `g`, in torch's
+    /// order of operations (IEEE add, multiply, divide and sqrt only: the same bits in every
+    /// tier and as one element at a time).
+    fn adamw(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &AdamWStep) {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            *p *= s.decay;
+            // torch: exp_avg.lerp_(grad, 1 - beta1)
+            *m += s.one_minus_beta1 * (g - *m);
+            *v = *v * s.beta2 + s.one_minus_beta2 * g * g;
+            let denom = v.sqrt() / s.bias2_sqrt + s.eps;
+            *p -= s.step_size * (*m / denom);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,6 +360,19 @@ mod tests {
                 let mut dp = x.clone();
                 softmax_backward_row(&mut dp, &out[..389], 0.7);
                 out.extend(&dp);
+                let (mut p, mut m, mut v) = (x.clone(), y.clone(), mask.clone());
+                v.iter_mut().for_each(|v| *v = v.abs().min(4.0));
+                let step = AdamWStep {
+                    decay: 0.99,
+                    step_size: 1e-3,
+                    beta2: 0.999,
+                    one_minus_beta1: 0.1,
+                    one_minus_beta2: 1e-3,
+                    bias2_sqrt: 0.3,
+                    eps: 1e-8,
+                };
+                adamw(&mut p, &mut m, &mut v, &dp, &step);
+                out.extend(p.iter().chain(&m).chain(&v));
                 out.into_iter().map(f32::to_bits).collect::<Vec<_>>()
             })
         };

@@ -7,11 +7,13 @@
 //! torch within float noise. On a GPU they are device tensors updated with tensor ops: nothing
 //! crosses the bus, not even the clipping norm (it is read only when logged).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use qa_dist::{all_reduce_parts, Collective};
+use qa_kernels::vmath::{self, AdamWStep};
 use qa_model::{Params, RunPlan};
 use rayon::prelude::*;
 
@@ -397,6 +399,7 @@ impl AdamW {
 /// The fused CUDA kernels of a run, loaded at the first step.
 #[cfg(feature = "cuda")]
 mod fused {
+    use std::cell::RefCell;
     use std::collections::BTreeMap;
 
     use candle_core::{Result, Tensor};
@@ -479,7 +482,8 @@ struct Update {
 }
 
 impl Update {
-    /// In place on host vectors, in parallel, in torch's order of operations.
+    /// In place on the parameter's storage and the host moments, in parallel, in torch's order
+    /// of operations (`vmath::adamw`).
     fn host(
         &self,
         var: &Var,
@@ -488,24 +492,21 @@ impl Update {
         grad: &[f32],
         decay: f64,
     ) -> candle_core::Result<()> {
-        let mut p: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-        let (decay, step_size) = (decay as f32, self.step_size as f32);
-        let b2 = self.beta2 as f32;
-        let (one_minus_b1, one_minus_b2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
-        let (bias2_sqrt, eps) = (self.bias2_sqrt as f32, self.eps as f32);
-        p.par_iter_mut()
-            .zip(m.par_iter_mut())
-            .zip(v.par_iter_mut())
-            .zip(grad.par_iter())
-            .for_each(|(((p, m), v), &g)| {
-                *p *= decay;
-                // torch: exp_avg.lerp_(grad, 1 - beta1)
-                *m += one_minus_b1 * (g - *m);
-                *v = *v * b2 + one_minus_b2 * g * g;
-                let denom = v.sqrt() / bias2_sqrt + eps;
-                *p -= step_size * (*m / denom);
-            });
-        var.set(&Tensor::from_vec(p, var.shape(), var.device())?)
+        let step = AdamWStep {
+            decay: decay as f32,
+            step_size: self.step_size as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            bias2_sqrt: self.bias2_sqrt as f32,
+            eps: self.eps as f32,
+        };
+        let op = HostAdamW {
+            step,
+            moments: RefCell::new((m, v)),
+            grad,
+        };
+        var.as_tensor().inplace_op1(&op)
     }
 
     /// The same arithmetic as tensor ops where the parameter lives.
@@ -524,6 +525,46 @@ impl Update {
         let denom = v.sqrt()?.affine(1.0 / self.bias2_sqrt, self.eps)?;
         let p = var.as_tensor().flatten_all()?.affine(decay, 0.0)?;
         var.set(&(p - (m.div(&denom)? * self.step_size)?)?.reshape(var.shape())?)
+    }
+}
+
+/// One host AdamW step written straight into a parameter's storage (`Var::set` would copy a
+/// new tensor in, after a copy out: two passes over every parameter per step).
+struct HostAdamW<'a> {
+    step: AdamWStep,
+    moments: RefCell<(&'a mut [f32], &'a mut [f32])>,
+    grad: &'a [f32],
+}
+
+impl InplaceOp1 for HostAdamW<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-host"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("adamw: contiguous f32 parameters only");
+        };
+        let mut moments = self.moments.borrow_mut();
+        let (m, v) = &mut *moments;
+        let p = &mut data[start..end];
+        if [m.len(), v.len(), self.grad.len()] != [p.len(); 3] {
+            candle_core::bail!(
+                "adamw: {} parameters, {} gradients",
+                p.len(),
+                self.grad.len()
+            );
+        }
+        // Chunks of a fixed size: the arithmetic is per element, so any split gives the same bits.
+        const CHUNK: usize = 1 << 14;
+        let step = &self.step;
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(self.grad.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| vmath::adamw(p, m, v, g, step));
+        Ok(())
     }
 }
 
