@@ -291,6 +291,9 @@ dispatch! {
 pub struct AdamWStep {
     /// `1 - lr * weight_decay`, or 1 where the tensor does not decay.
     pub decay: f32,
+    /// The gradient's factor from clipping (torch multiplies the gradients by it in place
+    /// first: the same f32 product), 1 when not clipped.
+    pub grad_scale: f32,
     pub step_size: f32,
     pub beta2: f32,
     pub one_minus_beta1: f32,
@@ -300,11 +303,13 @@ pub struct AdamWStep {
 }
 
 dispatch! {
-    /// One AdamW step in place: parameters `p`, moments `m` and `v`, gradient `g`, in torch's
+    /// One AdamW step in place: parameters `p`, moments `m` and `v`, gradient `g` (times the
+    /// clip factor), in torch's
     /// order of operations (IEEE add, multiply, divide and sqrt only: the same bits in every
     /// tier and as one element at a time).
     fn adamw(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], s: &AdamWStep) {
         for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            let g = g * s.grad_scale;
             *p *= s.decay;
             // torch: exp_avg.lerp_(grad, 1 - beta1)
             *m += s.one_minus_beta1 * (g - *m);
@@ -364,6 +369,7 @@ mod tests {
                 v.iter_mut().for_each(|v| *v = v.abs().min(4.0));
                 let step = AdamWStep {
                     decay: 0.99,
+                    grad_scale: 0.7,
                     step_size: 1e-3,
                     beta2: 0.999,
                     one_minus_beta1: 0.1,

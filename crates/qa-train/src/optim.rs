@@ -234,6 +234,9 @@ pub struct AdamW {
     pub moments: BTreeMap<String, Moments>,
     /// Whether each parameter gets weight decay (HF's groups: `qa_model::params::decays`).
     decays: BTreeMap<String, bool>,
+    /// The clip factor of host gradients, applied by the next `step` as it reads them (a
+    /// pass over every gradient fewer than scaling them in place).
+    host_clip: Option<f32>,
     #[cfg(feature = "cuda")]
     fused: Option<fused::FusedSlot>,
 }
@@ -254,14 +257,15 @@ impl AdamW {
             steps: 0,
             moments: BTreeMap::new(),
             decays,
+            host_clip: None,
             #[cfg(feature = "cuda")]
             fused: plan.fused_cuda_adamw().then(fused::FusedSlot::default),
         }
     }
 
-    /// torch `clip_grad_norm_` over all of `grads` (in place, or on a GPU with the fused
-    /// kernels as a factor the next `step` applies); returns the norm before clipping.
-    /// `max_norm <= 0` disables clipping.
+    /// torch `clip_grad_norm_` over all of `grads` (on the host, and on a GPU with the fused
+    /// kernels, as a factor the next `step` applies; else in place); returns the norm before
+    /// clipping. `max_norm <= 0` disables clipping.
     pub fn clip_grad_norm(
         &mut self,
         grads: &mut Grads,
@@ -274,7 +278,11 @@ impl AdamW {
             }
         }
         match grads {
-            Grads::Host(g) => Ok(Scalar::Host(clip_grad_norm(g, max_norm))),
+            Grads::Host(g) => {
+                let norm = global_norm(g);
+                self.host_clip = clip_factor(norm, max_norm);
+                Ok(Scalar::Host(norm))
+            }
             Grads::Device(g) => Ok(Scalar::Device(clip_device_grads(g, max_norm)?)),
         }
     }
@@ -321,6 +329,7 @@ impl AdamW {
             }
         }
         let update = self.update_scalars(lr);
+        let grad_scale = self.host_clip.take().unwrap_or(1.0);
         for (name, var) in &params.vars {
             let decay = self.decay(name, lr);
             let missing = || candle_core::Error::Msg(format!("no gradient for {name}"));
@@ -337,7 +346,7 @@ impl AdamW {
                     let Moments::Host { m, v } = moments else {
                         candle_core::bail!("{name}: optimizer state is on another device");
                     };
-                    update.host(var, m, v, g, decay)?;
+                    update.host(var, (m, v), (g, grad_scale), decay)?;
                 }
                 Grads::Device(g) => {
                     let g = g.get(name).ok_or_else(missing)?;
@@ -487,13 +496,13 @@ impl Update {
     fn host(
         &self,
         var: &Var,
-        m: &mut [f32],
-        v: &mut [f32],
-        grad: &[f32],
+        (m, v): (&mut [f32], &mut [f32]),
+        (grad, grad_scale): (&[f32], f32),
         decay: f64,
     ) -> candle_core::Result<()> {
         let step = AdamWStep {
             decay: decay as f32,
+            grad_scale,
             step_size: self.step_size as f32,
             beta2: self.beta2 as f32,
             one_minus_beta1: (1.0 - self.beta1) as f32,
@@ -577,20 +586,11 @@ pub fn global_norm(grads: &BTreeMap<String, Vec<f32>>) -> f64 {
         .sqrt()
 }
 
-/// torch `clip_grad_norm_`: scales every gradient by `max_norm / (norm + 1e-6)` when that is
-/// below 1. Returns the norm before clipping. `max_norm <= 0` disables clipping.
-pub fn clip_grad_norm(grads: &mut BTreeMap<String, Vec<f32>>, max_norm: f64) -> f64 {
-    let norm = global_norm(grads);
-    if max_norm > 0.0 {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            let coef = coef as f32;
-            for g in grads.values_mut() {
-                g.par_iter_mut().for_each(|x| *x *= coef);
-            }
-        }
-    }
-    norm
+/// torch `clip_grad_norm_`'s factor for gradients of global norm `norm`: `max_norm / (norm +
+/// 1e-6)` where that is below 1, else none. `max_norm <= 0` disables clipping.
+pub fn clip_factor(norm: f64, max_norm: f64) -> Option<f32> {
+    let coef = max_norm / (norm + 1e-6);
+    (max_norm > 0.0 && coef < 1.0).then_some(coef as f32)
 }
 
 /// HF `get_linear_schedule_with_warmup`: linear warm-up from 0, then linear decay to 0 at
@@ -651,13 +651,54 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm_and_reports_the_raw_norm() {
-        let mut g = BTreeMap::from([("a".to_string(), vec![3.0f32]), ("b".into(), vec![4.0])]);
-        let norm = clip_grad_norm(&mut g, 1.0);
+        let g = BTreeMap::from([("a".to_string(), vec![3.0f32]), ("b".into(), vec![4.0])]);
+        let norm = global_norm(&g);
         assert!((norm - 5.0).abs() < 1e-12);
-        assert!((global_norm(&g) - 1.0).abs() < 1e-5);
-        let mut small = BTreeMap::from([("a".to_string(), vec![0.3f32])]);
-        clip_grad_norm(&mut small, 1.0);
-        assert_eq!(small["a"], vec![0.3], "below the limit: untouched");
+        assert!((clip_factor(norm, 1.0).unwrap() - 0.2).abs() < 1e-6);
+        assert_eq!(clip_factor(0.3, 1.0), None, "below the limit: untouched");
+        assert_eq!(clip_factor(norm, 0.0), None, "disabled");
+    }
+
+    /// A host step applies the clip factor as torch does (the gradients scaled first): the
+    /// same bits as stepping on gradients scaled beforehand.
+    #[test]
+    fn a_clipped_host_step_equals_a_step_on_scaled_gradients() {
+        let dev = Device::Cpu;
+        let grads = vec![3.0f32, -4.0, 0.25, 7.5];
+        let run = |clip: bool| {
+            let params = Params {
+                vars: BTreeMap::from([(
+                    "x.weight".to_string(),
+                    Var::new(&[1.0f32, -1.0, 0.5, 2.0], &dev).unwrap(),
+                )]),
+            };
+            // A large eps: Adam's step is otherwise nearly blind to the gradients' scale.
+            let config = AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 0.5,
+                weight_decay: 0.01,
+            };
+            let mut opt = AdamW::new(config, &params, &RunPlan::cpu_train());
+            let factor = clip_factor(
+                global_norm(&BTreeMap::from([("g".into(), grads.clone())])),
+                1.0,
+            );
+            let scaled = match clip {
+                true => grads.clone(),
+                false => grads.iter().map(|g| g * factor.unwrap()).collect(),
+            };
+            let mut host = Grads::Host(BTreeMap::from([("x.weight".to_string(), scaled)]));
+            if clip {
+                opt.clip_grad_norm(&mut host, 1.0).unwrap();
+            }
+            opt.step(&params, &host, 0.01).unwrap();
+            params.vars["x.weight"]
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(run(true), run(false));
     }
 
     #[test]
