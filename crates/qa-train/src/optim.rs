@@ -408,7 +408,6 @@ impl AdamW {
 /// The fused CUDA kernels of a run, loaded at the first step.
 #[cfg(feature = "cuda")]
 mod fused {
-    use std::cell::RefCell;
     use std::collections::BTreeMap;
 
     use candle_core::{Result, Tensor};
