@@ -4,9 +4,9 @@
 //!
 //! Goto's blocking over *units*: a u32 holding one f32, or a bf16 pair (k, k+1) of one row or
 //! column. For each block of `KC` units of k, the thread's columns of `rhs` are packed once
-//! into `NR`-wide panels, and each block of `MC` rows of `lhs` into units too (row by row, or
-//! unit by unit across the rows when lhs is stored transposed: whichever reads memory in
-//! order); the microkernel multiplies an `MR`-row sliver by a panel into `MR x NR` f32
+//! into `NR`-wide panels, and each block of `MC` rows of `lhs` into units too, each unit's rows
+//! side by side (`MR`-row slivers of a row-major lhs transposed in registers; a transposed lhs
+//! read in order); the microkernel multiplies an `MR`-row sliver by a panel into `MR x NR` f32
 //! accumulators held in 24 zmm registers. Threads split the longer side of the output (each
 //! packs its share of that operand and all of the other).
 
@@ -219,7 +219,7 @@ impl<const BF16: bool> Block<'_, BF16> {
         for (jt, j0) in cols.clone().step_by(NR).enumerate() {
             let panel = &panels[jt * kc * NR..][..kc * NR];
             for (it, i0) in rows.clone().step_by(MR).enumerate() {
-                let sliver = &packed_rows[it * MR * layout.row..];
+                let sliver = &packed_rows[it * layout.sliver..];
                 let (h, w) = (MR.min(rows.end - i0), NR.min(cols.end - j0));
                 // SAFETY: (i0, j0) + (h, w) lies inside dst[rows, cols].
                 let c = unsafe { self.dst.0.add(i0 * self.dst_rs + j0) };
@@ -247,10 +247,11 @@ impl<const BF16: bool> Block<'_, BF16> {
     }
 }
 
-/// Where packed rows keep unit p of row r: at index `r * row + p * unit`.
+/// Where packed rows keep unit p of row r: at index `(r / MR) * sliver + p * unit + r % MR`,
+/// so that the microkernel reads each unit's `MR` rows side by side.
 #[derive(Debug, Clone, Copy)]
 struct RowLayout {
-    row: usize,
+    sliver: usize,
     unit: usize,
 }
 
@@ -312,9 +313,10 @@ unsafe fn run<'a>(m: Mat, start: isize, len: usize) -> &'a [f32] {
     unsafe { std::slice::from_raw_parts(m.ptr.offset(start), len) }
 }
 
-/// Rows `rows` of `lhs`, k-units `block`, laid out so that reads run along lhs's contiguous
-/// side: row after row (row-major lhs), or unit after unit across the rows (lhs stored
-/// transposed). Zero past `k` and past the last row.
+/// Rows `rows` of `lhs`, k-units `block`, laid out so that the microkernel finds each unit's
+/// `MR` rows side by side: sliver after sliver, each unit after unit (row-major lhs, read a
+/// sliver's rows at a time and transposed), or unit after unit across all the rows (lhs stored
+/// transposed: read in order). Zero past `k` and past the last row.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_rows<const BF16: bool>(
     lhs: Mat,
@@ -344,35 +346,118 @@ unsafe fn pack_rows<const BF16: bool>(
             units_of_rows::<BF16>(column(kk), second, &mut units[..rows.len()]);
         }
         return RowLayout {
-            row: 1,
+            sliver: MR,
             unit: padded,
         };
     }
-    for (r, units) in out.chunks_exact_mut(kc).take(rows.len()).enumerate() {
-        let i = rows.start + r;
-        match lhs.cs {
-            // SAFETY: row i, columns k0..k1, lies inside lhs.
-            1 => units_of_run::<BF16>(
-                unsafe { run(lhs, i as isize * lhs.rs + k0 as isize, k1 - k0) },
-                units,
-            ),
-            _ => {
-                let at = |kk: usize| {
-                    if kk < k1 {
-                        // SAFETY: the row and column lie inside the matrix (kk < k checked).
-                        unsafe { lhs.at(i, kk) }
-                    } else {
-                        0.0
-                    }
-                };
-                units
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(p, u)| *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1)));
+    // Row-major: each sliver's rows in order (reading lhs along its rows), then interleaved
+    // unit by unit (writing the sliver in order).
+    let mut sliver_rows = [[0u32; KC]; MR];
+    for (s, sliver) in out.chunks_exact_mut(MR * kc).enumerate() {
+        let first = rows.start + s * MR;
+        for (r, units) in sliver_rows.iter_mut().enumerate() {
+            let units = &mut units[..kc];
+            match first + r < rows.end {
+                // SAFETY: the row lies inside lhs, and k0..k1 inside its columns.
+                true => unsafe { units_of_row::<BF16>(lhs, first + r, k0..k1, units) },
+                false => units.fill(0),
             }
         }
+        // SAFETY: the sliver holds kc units of MR rows; the CPU has AVX512-F.
+        unsafe { interleave(&sliver_rows, kc, sliver) };
     }
-    RowLayout { row: kc, unit: 1 }
+    RowLayout {
+        sliver: MR * kc,
+        unit: MR,
+    }
+}
+
+/// `sliver[p * MR + r] = rows[r][p]` for the first `kc` units: 16 units at a time, transposed
+/// in registers (written unit by unit, element by element, LLVM makes it a scatter).
+///
+/// # Safety
+/// `sliver` must hold `kc * MR` units, `kc <= KC`; the CPU must have AVX512-F.
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave(rows: &[[u32; KC]; MR], kc: usize, sliver: &mut [u32]) {
+    assert!(kc <= KC && sliver.len() >= kc * MR);
+    let zero = _mm512_setzero_si512();
+    for p0 in (0..kc).step_by(16) {
+        // Rows 12..16 of the 16 x 16 transpose are zeros: lanes 12..16 of each unit, unstored.
+        let mut r = [zero; 16];
+        for (reg, row) in r.iter_mut().zip(rows) {
+            // SAFETY: p0 + 16 <= KC (p0 is a multiple of 16 below kc <= KC = 16 * 12).
+            *reg = unsafe { _mm512_loadu_si512(row[p0..].as_ptr() as *const _) };
+        }
+        let units = transpose16(r);
+        for (l, unit) in units.iter().enumerate().take(kc - p0) {
+            // SAFETY: unit p0 + l < kc: its MR lanes lie inside the sliver.
+            unsafe {
+                _mm512_mask_storeu_epi32(
+                    sliver[(p0 + l) * MR..].as_mut_ptr() as *mut _,
+                    0x0fff,
+                    *unit,
+                )
+            };
+        }
+    }
+}
+
+/// The 16 x 16 transpose of 16 rows of 16 u32 (`out[p]` lane `r` = `rows[r]` lane `p`): 32-bit
+/// then 64-bit unpacks, then two rounds of 128-bit lane shuffles.
+#[inline(always)]
+fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+    // SAFETY: register-only intrinsics; the callers enable AVX512-F.
+    unsafe {
+        let mut t = [_mm512_setzero_si512(); 16];
+        for i in (0..16).step_by(2) {
+            t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+        }
+        // u[4g + j] holds, in each 128-bit lane q, units 4q + j of rows 4g..4g + 4.
+        let mut u = [_mm512_setzero_si512(); 16];
+        for g in 0..4 {
+            let (a, b) = (4 * g, 4 * g + 2);
+            u[a] = _mm512_unpacklo_epi64(t[a], t[b]);
+            u[a + 1] = _mm512_unpackhi_epi64(t[a], t[b]);
+            u[a + 2] = _mm512_unpacklo_epi64(t[a + 1], t[b + 1]);
+            u[a + 3] = _mm512_unpackhi_epi64(t[a + 1], t[b + 1]);
+        }
+        let mut out = [_mm512_setzero_si512(); 16];
+        for j in 0..4 {
+            let even_lo = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let odd_lo = _mm512_shuffle_i32x4::<0xdd>(u[j], u[4 + j]);
+            let even_hi = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let odd_hi = _mm512_shuffle_i32x4::<0xdd>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_i32x4::<0x88>(even_lo, even_hi);
+            out[8 + j] = _mm512_shuffle_i32x4::<0xdd>(even_lo, even_hi);
+            out[4 + j] = _mm512_shuffle_i32x4::<0x88>(odd_lo, odd_hi);
+            out[12 + j] = _mm512_shuffle_i32x4::<0xdd>(odd_lo, odd_hi);
+        }
+        out
+    }
+}
+
+/// The units of row `i` of a row-major `lhs` over columns `ks` (zero past its end).
+///
+/// # Safety
+/// Row i, columns `ks`, must lie inside lhs.
+#[inline(always)]
+unsafe fn units_of_row<const BF16: bool>(lhs: Mat, i: usize, ks: Range<usize>, units: &mut [u32]) {
+    if lhs.cs == 1 {
+        // SAFETY: the caller's contract.
+        let values = unsafe { run(lhs, i as isize * lhs.rs + ks.start as isize, ks.len()) };
+        return units_of_run::<BF16>(values, units);
+    }
+    let at = |kk: usize| match kk < ks.end {
+        // SAFETY: the caller's contract (kk < ks.end checked).
+        true => unsafe { lhs.at(i, kk) },
+        false => 0.0,
+    };
+    let per = per_unit(BF16);
+    for (p, u) in units.iter_mut().enumerate() {
+        let kk = ks.start + per * p;
+        *u = unit::<BF16>(at(kk), at(kk + 1));
+    }
 }
 
 /// Columns `cols` of `rhs`, k-units `block`, as `NR`-wide panels: for each unit p, the `NR`
@@ -490,17 +575,27 @@ unsafe fn tile<const BF16: bool>(
     panel: &[u32],
     out: Tile,
 ) {
+    // The tile's dst rows were last touched a whole pass over dst ago (far out of cache when
+    // k spans several blocks): fetch them while the loop below runs, not when it stores.
+    for r in 0..out.h {
+        let row = out.c.wrapping_add(r * out.c_rs) as *const i8;
+        // SAFETY: prefetches never fault; row r of the tile lies in dst.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
+        }
+    }
     // SAFETY: the callers enable AVX512-F.
     let (mut lo, mut hi) = unsafe { ([_mm512_setzero_ps(); MR], [_mm512_setzero_ps(); MR]) };
     let (a, b) = (sliver.as_ptr() as *const i32, panel.as_ptr());
     for p in 0..kc {
-        // SAFETY: the panel holds kc rows of NR units, the sliver MR rows of kc units where
+        // SAFETY: the panel holds kc rows of NR units, the sliver kc units of MR rows where
         // its layout says.
         unsafe {
             let b_lo = _mm512_loadu_si512(b.add(p * NR) as *const _);
             let b_hi = _mm512_loadu_si512(b.add(p * NR + 16) as *const _);
             for r in 0..MR {
-                let a_r = _mm512_set1_epi32(*a.add(r * layout.row + p * layout.unit));
+                let a_r = _mm512_set1_epi32(*a.add(p * layout.unit + r));
                 if BF16 {
                     let bh = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
                     let (a_r, b_lo, b_hi) = (bh(a_r), bh(b_lo), bh(b_hi));
