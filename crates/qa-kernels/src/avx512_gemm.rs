@@ -364,7 +364,7 @@ unsafe fn pack_rows<const BF16: bool>(
             }
         }
         // SAFETY: the sliver holds kc units of MR rows; the CPU has AVX512-F.
-        unsafe { interleave(&sliver_rows, kc, sliver) };
+        unsafe { interleave(&sliver_rows, kc, sliver, MR) };
     }
     RowLayout {
         sliver: MR * kc,
@@ -372,31 +372,33 @@ unsafe fn pack_rows<const BF16: bool>(
     }
 }
 
-/// `sliver[p * MR + r] = rows[r][p]` for the first `kc` units: 16 units at a time, transposed
-/// in registers (written unit by unit, element by element, LLVM makes it a scatter).
+/// `out[p * stride + r] = rows[r][p]` for the first `kc` units and the `R <= 16` rows: 16
+/// units at a time, transposed in registers (element by element, LLVM makes it a scatter).
 ///
 /// # Safety
-/// `sliver` must hold `kc * MR` units, `kc <= KC`; the CPU must have AVX512-F.
+/// `out` must reach index `(kc - 1) * stride + R`, `kc <= KC`; the CPU must have AVX512-F.
 #[target_feature(enable = "avx512f")]
-unsafe fn interleave(rows: &[[u32; KC]; MR], kc: usize, sliver: &mut [u32]) {
-    assert!(kc <= KC && sliver.len() >= kc * MR);
-    let zero = _mm512_setzero_si512();
+unsafe fn interleave<const R: usize>(
+    rows: &[[u32; KC]; R],
+    kc: usize,
+    out: &mut [u32],
+    stride: usize,
+) {
+    const { assert!(R <= 16 && KC.is_multiple_of(16)) };
+    assert!(kc <= KC && (kc == 0 || out.len() >= (kc - 1) * stride + R));
+    let lanes = (1u32 << R).wrapping_sub(1) as u16;
     for p0 in (0..kc).step_by(16) {
-        // Rows 12..16 of the 16 x 16 transpose are zeros: lanes 12..16 of each unit, unstored.
-        let mut r = [zero; 16];
+        // Rows R..16 of the 16 x 16 transpose are zeros: lanes R..16 of each unit, unstored.
+        let mut r = [_mm512_setzero_si512(); 16];
         for (reg, row) in r.iter_mut().zip(rows) {
-            // SAFETY: p0 + 16 <= KC (p0 is a multiple of 16 below kc <= KC = 16 * 12).
+            // SAFETY: p0 + 16 <= KC (p0 is a multiple of 16 below kc <= KC).
             *reg = unsafe { _mm512_loadu_si512(row[p0..].as_ptr() as *const _) };
         }
-        let units = transpose16(r);
-        for (l, unit) in units.iter().enumerate().take(kc - p0) {
-            // SAFETY: unit p0 + l < kc: its MR lanes lie inside the sliver.
+        for (l, unit) in transpose16(r).iter().enumerate().take(kc - p0) {
+            // SAFETY: unit p0 + l < kc: its R lanes lie inside out.
             unsafe {
-                _mm512_mask_storeu_epi32(
-                    sliver[(p0 + l) * MR..].as_mut_ptr() as *mut _,
-                    0x0fff,
-                    *unit,
-                )
+                let at = out[(p0 + l) * stride..].as_mut_ptr() as *mut i32;
+                _mm512_mask_storeu_epi32(at, lanes, *unit)
             };
         }
     }
@@ -474,51 +476,61 @@ unsafe fn pack_panels<const BF16: bool>(
     out.clear();
     out.resize(cols.len().div_ceil(NR) * kc * NR, 0);
     let (k0, k1) = (per * block.start, (per * block.end).min(k));
-    let mut column_units = [0u32; KC];
-    for (t, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
-        let j0 = cols.start + t * NR;
-        let width = NR.min(cols.end - j0);
-        if rhs.cs == 1 {
-            // Row-major: the rows of a unit are contiguous runs over the columns.
-            for (p, units) in panel.chunks_exact_mut(NR).enumerate() {
-                let kk = k0 + per * p;
-                // SAFETY: rows kk (and kk + 1 inside k), columns j0..j0 + width, lie inside rhs.
-                let row =
-                    |kk: usize| unsafe { run(rhs, kk as isize * rhs.rs + j0 as isize, width) };
-                let second: &[f32] = if BF16 && kk + 1 < k1 {
-                    row(kk + 1)
-                } else {
-                    &[]
-                };
-                units_of_rows::<BF16>(row(kk), second, &mut units[..width]);
+    if rhs.cs == 1 {
+        // Row-major: each unit's rows read in order across all the columns, dealt to the panels.
+        for p in 0..kc {
+            let kk = k0 + per * p;
+            // SAFETY: rows kk (and kk + 1 inside k), columns `cols`, lie inside rhs.
+            let row = |kk: usize| unsafe {
+                run(rhs, kk as isize * rhs.rs + cols.start as isize, cols.len())
+            };
+            let (first, second) = (row(kk), BF16 && kk + 1 < k1);
+            let second: &[f32] = if second { row(kk + 1) } else { &[] };
+            for (t, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+                let tile = t * NR..(t * NR + NR).min(cols.len());
+                let second = second.get(tile.clone()).unwrap_or(&[]);
+                units_of_rows::<BF16>(
+                    &first[tile.clone()],
+                    second,
+                    &mut panel[p * NR..][..tile.len()],
+                );
             }
-            continue;
         }
-        for dj in 0..width {
-            let j = j0 + dj;
-            if rhs.rs == 1 {
-                // Stored transposed (a weight read as W^T): each column's k are contiguous.
-                // SAFETY: column j, rows k0..k1, lies inside rhs.
-                let column = unsafe { run(rhs, j as isize * rhs.cs + k0 as isize, k1 - k0) };
-                units_of_run::<BF16>(column, &mut column_units[..kc]);
-            } else {
-                let at = |kk: usize| {
-                    if kk < k1 {
-                        // SAFETY: the row and column lie inside the matrix (kk < k checked).
-                        unsafe { rhs.at(kk, j) }
-                    } else {
-                        0.0
-                    }
-                };
-                for (p, u) in column_units[..kc].iter_mut().enumerate() {
-                    *u = unit::<BF16>(at(k0 + per * p), at(k0 + per * p + 1));
+        return;
+    }
+    // Otherwise column by column (contiguous when rhs is a weight read as W^T), 16 at a time,
+    // transposed into the panel.
+    let mut columns = [[0u32; KC]; 16];
+    for (t, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
+        for half in 0..NR / 16 {
+            let j0 = cols.start + t * NR + half * 16;
+            for (dj, units) in columns.iter_mut().enumerate() {
+                let units = &mut units[..kc];
+                match j0 + dj < cols.end {
+                    // SAFETY: column j0 + dj lies inside rhs, rows k0..k1 inside its rows.
+                    true => unsafe { units_of_column::<BF16>(rhs, j0 + dj, k0..k1, units) },
+                    false => units.fill(0),
                 }
             }
-            for (p, &u) in column_units[..kc].iter().enumerate() {
-                panel[p * NR + dj] = u;
-            }
+            // SAFETY: the panel holds kc units of NR columns; the CPU has AVX512-F.
+            unsafe { interleave(&columns, kc, &mut panel[half * 16..], NR) };
         }
     }
+}
+
+/// The units of column `j` of `rhs` over rows `ks` (zero past its end).
+///
+/// # Safety
+/// Column j, rows `ks`, must lie inside rhs.
+#[inline(always)]
+unsafe fn units_of_column<const BF16: bool>(
+    rhs: Mat,
+    j: usize,
+    ks: Range<usize>,
+    units: &mut [u32],
+) {
+    // SAFETY: the caller's contract, for lhs = rhs^T.
+    unsafe { units_of_row::<BF16>(rhs.t(), j, ks, units) }
 }
 
 /// Where a tile's results go: `c [h, w]`, rows `c_rs` apart, added onto `onto`.
