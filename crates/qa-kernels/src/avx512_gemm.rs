@@ -327,7 +327,7 @@ unsafe fn pack_rows<const BF16: bool>(
 ) -> RowLayout {
     let (kc, per) = (block.len(), per_unit(BF16));
     let padded = rows.len().div_ceil(MR) * MR;
-    out.clear();
+    // Every element is written below: no zero-fill of the whole buffer.
     out.resize(padded * kc, 0);
     let (k0, k1) = (per * block.start, (per * block.end).min(k));
     if lhs.rs == 1 && lhs.cs != 1 {
@@ -344,6 +344,7 @@ unsafe fn pack_rows<const BF16: bool>(
                 &[]
             };
             units_of_rows::<BF16>(column(kk), second, &mut units[..rows.len()]);
+            units[rows.len()..].fill(0);
         }
         return RowLayout {
             sliver: MR,
@@ -473,7 +474,7 @@ unsafe fn pack_panels<const BF16: bool>(
     out: &mut Vec<u32>,
 ) {
     let (kc, per) = (block.len(), per_unit(BF16));
-    out.clear();
+    // Every element is written below: no zero-fill of the whole buffer.
     out.resize(cols.len().div_ceil(NR) * kc * NR, 0);
     let (k0, k1) = (per * block.start, (per * block.end).min(k));
     if rhs.cs == 1 {
@@ -489,11 +490,9 @@ unsafe fn pack_panels<const BF16: bool>(
             for (t, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
                 let tile = t * NR..(t * NR + NR).min(cols.len());
                 let second = second.get(tile.clone()).unwrap_or(&[]);
-                units_of_rows::<BF16>(
-                    &first[tile.clone()],
-                    second,
-                    &mut panel[p * NR..][..tile.len()],
-                );
+                let units = &mut panel[p * NR..][..NR];
+                units_of_rows::<BF16>(&first[tile.clone()], second, &mut units[..tile.len()]);
+                units[tile.len()..].fill(0);
             }
         }
         return;
