@@ -230,7 +230,7 @@ test: model
 	scripts/test_make_dag.sh
 
 bench: $(foreach s,$(STAGES),$(BIN)/$(s)) model
-	MPI=$(MPI) scripts/bench.sh $(BIN)
+	MPI=$(MPI) MPI_FEATURES="$(MPI_FEATURES)" scripts/bench.sh $(BIN)
 
 clean-run:
 	rm -rf $(RUN)

@@ -225,8 +225,10 @@ row "peak RSS, train bert-base shape, 8 x 384, 2 steps (MiB)" "${ours_bb#* }" "$
 row "train bert-base shape, 8 x 384, 2 steps (features/s)" "${ours_bb%% *}" "${torch_bb%% *}" higher
 
 # Eval-mode forward at 8 x 384 (2 threads each).
-# Built with the binaries' feature set (a `-p qa-model` build would recompile polars and candle).
-cargo build -q --release --locked --bins --examples
+# Built with the binaries' feature set (a `-p qa-model` build would recompile polars and candle;
+# one without the Makefile's MPI features would rebuild the binaries without MPI, and the MPI
+# section below would fail).
+cargo build -q --release --locked --bins --examples ${MPI_FEATURES:-}
 cat > "$out/forward.py" <<'PY'
 import json, sys, time, torch
 from transformers import BertForQuestionAnswering
