@@ -7,9 +7,9 @@
 //! 8 x 384), and the per-head matmuls run on transposed copies. Fused, each (batch row, head)
 //! is one task: two small GEMMs straight on the strided `[batch, len, 3 * hidden]` QKV
 //! projection, the softmax and dropout in between on a `len x len` scratch that stays in the
-//! thread's cache. Backward recomputes the probabilities from Q and K (one extra `Q K^T`)
-//! instead of storing them; the dropout mask it does not redraw: the forward pass keeps it as
-//! one bit per probability (`kept`).
+//! thread's cache. A differentiated forward pass (`AttentionCore::forward`) keeps the
+//! probabilities for backward (one `Q K^T` and softmax per head fewer there, ~5% of a training
+//! step); the dropout mask it keeps as one bit per probability (`kept`), not redrawn.
 //!
 //! The dropout mask is indexed as the composed path's `[batch, heads, len, len]` probabilities
 //! are, so both paths (and a GPU running the composed one) draw the same masks.
@@ -76,6 +76,12 @@ pub struct AttentionCore {
     /// The forward pass's dropout mask, one bit per probability, for backward (1.8 MB per
     /// MiniLM layer at 8 x 384, where redrawing it from Philox cost ~5% of a step).
     kept: OnceLock<Vec<u64>>,
+    /// Whether the forward pass keeps its probabilities (before dropout) for backward: set by
+    /// `forward`, the differentiable entry point.
+    keep_probabilities: bool,
+    /// The forward pass's probabilities, `[batch, heads, len, len]` (57 MB per MiniLM layer at
+    /// 8 x 384); without them backward recomputes each head's from Q and K.
+    probabilities: OnceLock<Vec<f32>>,
 }
 
 /// Sizes of one call, from the QKV shape.
@@ -142,6 +148,8 @@ impl AttentionCore {
             dropout,
             precision,
             kept: OnceLock::new(),
+            keep_probabilities: false,
+            probabilities: OnceLock::new(),
         }
     }
 
@@ -167,9 +175,13 @@ impl AttentionCore {
         unsafe { gemm.run((m, n, k), dst, dst_rs, lhs, rhs) }
     }
 
-    /// The context for `qkv` (differentiable).
+    /// The context for `qkv` (differentiable: the probabilities are kept for backward).
     pub fn forward(&self, qkv: &Tensor) -> Result<Tensor> {
-        qkv.contiguous()?.apply_op1(self.clone())
+        let op = AttentionCore {
+            keep_probabilities: true,
+            ..self.clone()
+        };
+        qkv.contiguous()?.apply_op1(op)
     }
 
     /// `scores` (`Q K^T` of `unit`, `len x len`) → `softmax(scores * scale + mask)` in place.
@@ -202,32 +214,39 @@ impl AttentionCore {
         true
     }
 
-    /// One (batch row, head): context columns = dropout(probabilities) · V; the dropout
-    /// mask's bits go to `kept`.
-    fn forward_unit(
+    /// One (batch row, head): its probabilities (`l x l` at `probs`, written here) and context
+    /// columns = dropout(probabilities) · V; the dropout mask's bits go to `kept`.
+    ///
+    /// # Safety
+    /// `probs` must be `l x l` writable elements of this task's.
+    unsafe fn forward_unit(
         &self,
         g: &Geometry,
         qkv: &[f32],
         (unit, kept): (usize, &mut [u64]),
-        scratch: &mut [f32],
+        (probs, multipliers): (*mut f32, &mut [f32]),
         out: DisjointWrites,
     ) {
         let (l, d) = (g.len, g.head_dim);
-        let (probs, multipliers) = scratch.split_at_mut(l * l);
         let [q, k, v] = g
             .qkv_offsets(unit)
             .map(|o| Mat::rows(qkv[o..].as_ptr(), 3 * g.hidden));
-        // SAFETY: the views lie inside `qkv`, `probs` is this task's; the context columns of
-        // `unit` are written by this task only.
+        // SAFETY: the views lie inside `qkv`, `probs` is this task's (written by the product
+        // before it is read); the context columns of `unit` are written by this task only.
         unsafe {
-            self.matmul((l, l, d), probs.as_mut_ptr(), l, q, k.t());
+            self.matmul((l, l, d), probs, l, q, k.t());
+            let probs = std::slice::from_raw_parts_mut(probs, l * l);
             self.probabilities(g, unit, probs);
-            if self.fill_multipliers(g, unit, multipliers) {
-                vmath::mul_in_place(probs, multipliers);
-                pack_bits(multipliers, kept);
-            }
+            let dropped = match self.fill_multipliers(g, unit, multipliers) {
+                true => {
+                    pack_bits(multipliers, kept);
+                    vmath::mul_in_place(multipliers, probs);
+                    &*multipliers
+                }
+                false => probs,
+            };
             let dst = out.0.add(g.context_offset(unit));
-            self.matmul((l, d, l), dst, g.hidden, Mat::rows(probs.as_ptr(), l), v);
+            self.matmul((l, d, l), dst, g.hidden, Mat::rows(dropped.as_ptr(), l), v);
         }
     }
 }
@@ -248,17 +267,37 @@ impl CustomOp1 for AttentionCore {
             None => 1,
         };
         let mut kept = vec![0u64; g.units() * words];
+        let area = g.len * g.len;
+        let mut probabilities = Vec::with_capacity(match self.keep_probabilities {
+            true => g.units() * area,
+            false => 0,
+        });
+        let kept_probs = self
+            .keep_probabilities
+            .then_some(DisjointWrites(probabilities.as_mut_ptr()));
         // SAFETY: the units write all of the context, each its head's columns of its batch
-        // row (`forward_unit`).
+        // row, and (when kept) each its own `area` of the probabilities (`forward_unit`).
         let context = unsafe {
             written_by(g.batch * g.len * g.hidden, |context| {
                 let out = DisjointWrites(context);
                 kept.par_chunks_mut(words).enumerate().for_each_init(
-                    || vec![0f32; 2 * g.len * g.len],
-                    |scratch, unit| self.forward_unit(&g, qkv, unit, scratch, out),
+                    || vec![0f32; 2 * area],
+                    |scratch, unit| {
+                        let (own, multipliers) = scratch.split_at_mut(area);
+                        let probs = match kept_probs {
+                            Some(all) => all.0.add(unit.0 * area),
+                            None => own.as_mut_ptr(),
+                        };
+                        self.forward_unit(&g, qkv, unit, (probs, multipliers), out)
+                    },
                 )
             })
         };
+        if self.keep_probabilities {
+            // SAFETY: the units wrote every element (above).
+            unsafe { probabilities.set_len(g.units() * area) };
+            let _ = self.probabilities.set(probabilities);
+        }
         if self.dropout.is_some() {
             // Each op is applied once (a second forward would keep the first's bits).
             let _ = self.kept.set(kept);
@@ -270,16 +309,16 @@ impl CustomOp1 for AttentionCore {
     }
 
     fn bwd(&self, qkv: &Tensor, _context: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad_op = AttentionCoreGrad(self.clone());
+        let grad_op = AttentionCoreGrad(self);
         Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &grad_op)?))
     }
 }
 
 /// The attention core's backward: (QKV, grad of the context) → grad of QKV.
-#[derive(Debug, Clone)]
-pub struct AttentionCoreGrad(pub AttentionCore);
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionCoreGrad<'a>(pub &'a AttentionCore);
 
-impl AttentionCoreGrad {
+impl AttentionCoreGrad<'_> {
     /// One (batch row, head): its Q, K and V columns of the QKV gradient.
     fn backward_unit(
         &self,
@@ -291,8 +330,8 @@ impl AttentionCoreGrad {
     ) {
         let op = &self.0;
         let (l, d, w) = (g.len, g.head_dim, 3 * g.hidden);
-        let (probs, rest) = scratch.split_at_mut(l * l);
-        let (work, multipliers) = rest.split_at_mut(l * l);
+        let (work, rest) = scratch.split_at_mut(l * l);
+        let (multipliers, own) = rest.split_at_mut(l * l);
         let offsets = g.qkv_offsets(unit);
         let [q, k, v] = offsets.map(|o| Mat::rows(qkv[o..].as_ptr(), w));
         let dctx = Mat::rows(grad[g.context_offset(unit)..].as_ptr(), g.hidden);
@@ -300,8 +339,14 @@ impl AttentionCoreGrad {
         // SAFETY: as in `forward_unit`; `dst(i)` is this unit's Q/K/V columns of the output.
         unsafe {
             let dst = |i: usize| out.0.add(offsets[i]);
-            op.matmul((l, l, d), probs.as_mut_ptr(), l, q, k.t());
-            op.probabilities(g, unit, probs);
+            let probs: &[f32] = match op.probabilities.get() {
+                Some(all) => &all[unit * l * l..][..l * l],
+                None => {
+                    op.matmul((l, l, d), own.as_mut_ptr(), l, q, k.t());
+                    op.probabilities(g, unit, own);
+                    own
+                }
+            };
             let dropout = op.fill_multipliers(g, unit, multipliers);
             // dV = dropout(P)^T · dContext
             let dropped = if dropout {
@@ -326,7 +371,7 @@ impl AttentionCoreGrad {
     }
 }
 
-impl CustomOp2 for AttentionCoreGrad {
+impl CustomOp2 for AttentionCoreGrad<'_> {
     fn name(&self) -> &'static str {
         "attention-core-grad"
     }
@@ -341,13 +386,15 @@ impl CustomOp2 for AttentionCoreGrad {
         let qkv = contiguous_f32(s1, l1, self.name())?;
         let grad = contiguous_f32(s2, l2, self.name())?;
         let g = Geometry::of(self.0.heads, l1)?;
+        // Work and multipliers, and the probabilities where the forward pass did not keep them.
+        let scratch_maps = 2 + usize::from(self.0.probabilities.get().is_none());
         // SAFETY: the units write all of the QKV gradient, each its head's Q, K and V columns
         // of its batch row (`backward_unit`).
         let dqkv = unsafe {
             written_by(qkv.len(), |dqkv| {
                 let out = DisjointWrites(dqkv);
                 (0..g.units()).into_par_iter().for_each_init(
-                    || vec![0f32; 3 * g.len * g.len],
+                    || vec![0f32; scratch_maps * g.len * g.len],
                     |scratch, unit| self.backward_unit(&g, (qkv, grad), unit, scratch, out),
                 )
             })
@@ -422,6 +469,38 @@ mod tests {
                 0.0
             );
         }
+    }
+
+    /// Backward from the probabilities the forward pass kept (`forward`) and from ones it
+    /// recomputes (the op applied directly keeps none) is the same gradient, bit for bit.
+    #[test]
+    fn kept_and_recomputed_probabilities_give_the_same_gradient() {
+        let dev = Device::Cpu;
+        let (b, l, heads, d) = (2, 11, 2, 4);
+        let w = 3 * heads * d;
+        let qkv = Var::from_vec(values(b * l * w, 0.8), (b, l, w), &dev).unwrap();
+        let probe = Tensor::from_vec(values(b * l * heads * d, 0.3), (b, l, heads * d), &dev);
+        let probe = probe.unwrap();
+        let dropout = PhiloxDropout {
+            seed: 7,
+            stream: 2,
+            p: 0.2,
+            first_row: 0,
+            layout: MaskLayout::Rows,
+        };
+        let op = AttentionCore::new(
+            heads,
+            vec![0.0; b * l].into(),
+            Some(dropout),
+            Precision::F32,
+        );
+        let kept = op.forward(qkv.as_tensor()).unwrap();
+        let recomputed = qkv.as_tensor().apply_op1(op.clone()).unwrap();
+        assert!(!op.keep_probabilities);
+        let grad = |y: &Tensor| flat(probe_grads(y, &probe).get(qkv.as_tensor()).unwrap());
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(flat(&kept)), bits(flat(&recomputed)));
+        assert_eq!(bits(grad(&kept)), bits(grad(&recomputed)));
     }
 
     /// A finite-difference check of the QKV gradient without dropout.
