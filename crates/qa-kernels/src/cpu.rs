@@ -2,7 +2,11 @@
 //! deterministic partial sums, and a pointer tasks write disjoint parts
 //! through.
 
-use candle_core::{CpuStorage, Layout, Result};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Row ranges of the partial sums of parameter gradients (LayerNorm weight and bias, dense
 /// bias): fixed ranges summed in a fixed order, so a gradient does not depend on the thread
@@ -46,6 +50,54 @@ pub unsafe fn written_by(len: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
     // SAFETY: `write` initialised all `len` elements (the caller's contract).
     unsafe { out.set_len(len) };
     out
+}
+
+/// A chunk of a new buffer, zeroed by the task about to fill it (while the chunk is in its
+/// cache) and handed out initialised.
+pub fn zeroed<T: Copy + Default>(chunk: &mut [MaybeUninit<T>]) -> &mut [T] {
+    chunk.fill(MaybeUninit::new(T::default()));
+    // SAFETY: every element was just initialised, and MaybeUninit<T> has T's layout.
+    unsafe { &mut *(chunk as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// A `len`-element buffer whose chunks of `chunk` elements `fill(range, values)` computes in
+/// parallel. Each task zeroes its own chunk first (`zeroed`) instead of one thread zeroing all
+/// of it up front as `vec![0.0; len]` does: that memset left the other core idle, ~3% of a
+/// training step.
+pub fn par_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, values)| {
+            let start = i * chunk;
+            fill(start..start + values.len(), zeroed(values))
+        });
+    // SAFETY: the chunks cover the `len` elements and `zeroed` initialised each of them.
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// A tensor's values on the host, in order. A contiguous f32 CPU tensor is copied by parallel
+/// tasks: a step's gradients are 91 MB for MiniLM, which `to_vec1` copies on one thread while
+/// the other core idles.
+pub fn host_values(t: &Tensor) -> Result<Vec<f32>> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            let data = &data[a..b];
+            return Ok(par_filled(data.len(), CHUNK, |r, out| {
+                out.copy_from_slice(&data[r])
+            }));
+        }
+    }
+    t.flatten_all()?.to_vec1()
 }
 
 /// An output buffer that parallel tasks write disjoint parts of.

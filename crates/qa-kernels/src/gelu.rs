@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, CHUNK};
+use crate::cpu::{contiguous_f32, par_filled, CHUNK};
 
 /// Fused, differentiable GELU (CPU tensors).
 pub fn fused(x: &Tensor) -> Result<Tensor> {
@@ -36,10 +36,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, self.name())?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| crate::vmath::gelu(xc, yc));
+        let y = par_filled(x.len(), CHUNK, |r, y| crate::vmath::gelu(&x[r], y));
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -86,10 +83,9 @@ impl CustomOp2 for GeluGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let g = contiguous_f32(s2, l2, self.name())?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(dc, (xc, gc))| crate::vmath::gelu_backward(xc, gc, dc));
+        let dx = par_filled(x.len(), CHUNK, |r, dx| {
+            crate::vmath::gelu_backward(&x[r.clone()], &g[r], dx)
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -11,12 +11,13 @@
 //! `LayerNormOp`'s forward and `LayerNormGrad`'s backward, so a step is bit-identical to
 //! theirs (`composed` below, from candle ops, rounds LayerNorm differently).
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, part_rows, PARTS};
+use crate::cpu::{contiguous_f32, part_rows, zeroed, PARTS};
 use crate::dropout::{pack_bits, unpack_bits, MaskLayout, PhiloxDropout, Runs};
 use crate::layer_norm;
 use crate::vmath::{layer_norm_grad_means, row_stats};
@@ -186,20 +187,31 @@ impl CustomOp3 for ResidualNorm {
         // Each task of TASK_ROWS rows keeps its mask in words of its own.
         let span = TASK_ROWS * d;
         let words = if runs.is_some() { span.div_ceil(64) } else { 1 };
-        let mut y = vec![0f32; h.len()];
-        let mut normed = vec![0f32; h.len()];
-        let mut rstd = vec![0f32; rows];
+        let n = h.len();
+        let (mut y, mut normed, mut rstd) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(rows),
+        );
         let mut kept = vec![0u64; rows.div_ceil(TASK_ROWS) * words];
-        y.par_chunks_mut(span)
-            .zip(normed.par_chunks_mut(span))
-            .zip(rstd.par_chunks_mut(TASK_ROWS))
+        y.spare_capacity_mut()[..n]
+            .par_chunks_mut(span)
+            .zip(normed.spare_capacity_mut()[..n].par_chunks_mut(span))
+            .zip(rstd.spare_capacity_mut()[..rows].par_chunks_mut(TASK_ROWS))
             .zip(kept.par_chunks_mut(words))
             .zip(h.par_chunks(span).zip(residual.par_chunks(span)))
             .enumerate()
             .for_each(|(t, ((((y, normed), rstd), kept), (h, residual)))| {
                 let mask = runs.as_ref().map(|r| (r, (t * span) as u64));
-                self.forward_rows((h, residual), (w, b), mask, kept, (y, normed, rstd));
+                let out = (zeroed(y), zeroed(normed), zeroed(rstd));
+                self.forward_rows((h, residual), (w, b), mask, kept, out);
             });
+        // SAFETY: the tasks' chunks cover all three buffers, each chunk initialised (`zeroed`).
+        unsafe {
+            y.set_len(n);
+            normed.set_len(n);
+            rstd.set_len(rows);
+        }
         // Each op runs forward once (a second forward would keep the first's).
         let _ = self.saved.set(Saved { normed, rstd, kept });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -310,19 +322,23 @@ impl CustomOp2 for ResidualNormGrad {
         let w = &params[..d];
         let rows = g.len() / d;
         let input_grads = if self.dropout.is_some() { 2 } else { 1 };
-        let mut out = vec![0f32; (input_grads * rows + 2 * PARTS) * d];
-        let (dx, rest) = out.split_at_mut(rows * d);
+        let len = (input_grads * rows + 2 * PARTS) * d;
+        let mut out = Vec::with_capacity(len);
+        let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(rows * d);
         let (dh, partials) = rest.split_at_mut((input_grads - 1) * rows * d);
         let normed = &saved.normed;
         dx.par_chunks_mut(d)
             .zip(g.par_chunks(d).zip(normed.par_chunks(d)))
             .zip(saved.rstd.par_iter())
             .for_each(|((dxr, (gr, nr)), &rstd)| {
+                let dxr = zeroed(dxr);
                 let (a, b) = layer_norm_grad_means(gr, w, nr);
                 for j in 0..d {
                     dxr[j] = rstd * (gr[j] * w[j] - a - nr[j] * b);
                 }
             });
+        // SAFETY: the rows above covered dx, each initialised (`zeroed`).
+        let dx = unsafe { &*(dx as *const [MaybeUninit<f32>] as *const [f32]) };
         if let Some(dropout) = self.dropout {
             let span = TASK_ROWS * d;
             let words = span.div_ceil(64);
@@ -330,10 +346,12 @@ impl CustomOp2 for ResidualNormGrad {
                 .zip(dx.par_chunks(span))
                 .enumerate()
                 .for_each(|(t, (dh, dx))| {
+                    let dh = zeroed(dh);
                     unpack_bits(&saved.kept[t * words..][..words], dropout.scale(), dh);
                     dh.iter_mut().zip(dx).for_each(|(m, &g)| *m *= g);
                 });
         }
+        let partials = zeroed(partials);
         let (dw, db) = partials.split_at_mut(PARTS * d);
         dw.par_chunks_mut(d)
             .zip(db.par_chunks_mut(d))
@@ -347,6 +365,9 @@ impl CustomOp2 for ResidualNormGrad {
                     }
                 }
             });
+        // SAFETY: dx, dh (with dropout; empty without) and the partials, initialised above,
+        // are all of the `len` elements.
+        unsafe { out.set_len(len) };
         let shape = Shape::from((input_grads * rows + 2 * PARTS, d));
         Ok((CpuStorage::F32(out), shape))
     }

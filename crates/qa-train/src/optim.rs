@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, Var};
 use qa_dist::{all_reduce_parts, Collective};
+use qa_kernels::cpu::host_values;
 use qa_kernels::vmath::{self, AdamWStep};
 use qa_model::{Params, RunPlan};
 use rayon::prelude::*;
@@ -106,7 +107,7 @@ impl Grads {
         if host {
             let mut out = BTreeMap::new();
             for (name, var) in params {
-                out.insert(name.clone(), grad(var)?.flatten_all()?.to_vec1()?);
+                out.insert(name.clone(), host_values(&grad(var)?)?);
             }
             Ok(Grads::Host(out))
         } else {
