@@ -16,6 +16,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod dense;
 pub mod dropout;
+pub mod embedding;
 pub mod gelu;
 pub mod layer_norm;
 pub mod matmul;

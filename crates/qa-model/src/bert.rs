@@ -3,10 +3,10 @@
 //! LayerNorm), and `qa_outputs = Linear(hidden, 2)` giving start/end logits. Each op runs the
 //! kernel the model's `RunPlan` chose when it was built.
 
-use candle_core::{Module, Result, Tensor, D};
-use candle_nn::Embedding;
+use candle_core::{Result, Tensor, D};
 use qa_kernels::attention::{self, AttentionCore};
 use qa_kernels::dense::DenseOp;
+use qa_kernels::embedding::{self, EmbeddingSum};
 
 use crate::config::BertConfig;
 use crate::dropout::{maybe_dropout, DropoutRng};
@@ -25,9 +25,13 @@ pub struct Batch {
 }
 
 struct Embeddings {
-    word: Embedding,
-    position: Embedding,
-    token_type: Embedding,
+    /// The word, position and token type tables, `[rows, hidden]` each.
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    /// Their sum: fused on the CPU.
+    kernel: Kernel,
+    pad_id: u32,
     norm: LayerNorm,
     dropout: f64,
 }
@@ -101,19 +105,14 @@ impl Builder<'_> {
         })
     }
 
-    fn embedding(&self, prefix: &str, hidden: usize) -> Result<Embedding> {
-        Ok(Embedding::new(
-            self.tensor(&format!("{prefix}.weight"))?,
-            hidden,
-        ))
-    }
-
     fn embeddings(&self, c: &BertConfig) -> Result<Embeddings> {
-        let h = c.hidden_size;
+        let table = |prefix: &str| self.tensor(&format!("{prefix}.weight"));
         Ok(Embeddings {
-            word: self.embedding(schema::WORD_EMBEDDINGS, h)?,
-            position: self.embedding(schema::POSITION_EMBEDDINGS, h)?,
-            token_type: self.embedding(schema::TOKEN_TYPE_EMBEDDINGS, h)?,
+            word: table(schema::WORD_EMBEDDINGS)?,
+            position: table(schema::POSITION_EMBEDDINGS)?,
+            token_type: table(schema::TOKEN_TYPE_EMBEDDINGS)?,
+            kernel: self.plan.embeddings,
+            pad_id: c.pad_token_id,
             norm: self.layer_norm(schema::EMBEDDINGS_NORM)?,
             dropout: c.hidden_dropout_prob,
         })
@@ -192,14 +191,7 @@ impl BertForQuestionAnswering {
             );
         }
         let e = &self.embeddings;
-        let positions = Tensor::arange(0u32, len as u32, batch.input_ids.device())?;
-        let x = word_embeddings_without_pad_gradient(
-            &e.word,
-            &batch.input_ids,
-            self.config.pad_token_id,
-        )?
-        .broadcast_add(&e.position.forward(&positions)?)?
-        .add(&e.token_type.forward(&batch.token_type_ids)?)?;
+        let x = e.sum(batch)?;
         let mut x = maybe_dropout(e.norm.forward(&x)?, dropout.as_deref_mut(), e.dropout)?;
         let mask = AttentionMask::new(&batch.attention_mask, self.plan.attention)?;
         for layer in &self.layers {
@@ -212,17 +204,20 @@ impl BertForQuestionAnswering {
     }
 }
 
-/// Word embeddings whose `pad_id` positions pass no gradient to the table (HF builds the
-/// table with `padding_idx = pad_token_id`, so padding never updates that row).
-fn word_embeddings_without_pad_gradient(
-    word: &Embedding,
-    ids: &Tensor,
-    pad_id: u32,
-) -> Result<Tensor> {
-    let x = word.forward(ids)?;
-    let keep = ids.ne(pad_id)?.to_dtype(x.dtype())?.unsqueeze(D::Minus1)?;
-    let frozen = x.detach().broadcast_mul(&keep.affine(-1.0, 1.0)?)?;
-    x.broadcast_mul(&keep)?.add(&frozen)
+impl Embeddings {
+    /// `word[id] + position[t] + token_type[type]` for each token of `batch`.
+    fn sum(&self, batch: &Batch) -> Result<Tensor> {
+        let tables = (&self.word, &self.position, &self.token_type);
+        let (ids, types) = (&batch.input_ids, &batch.token_type_ids);
+        match self.kernel {
+            Kernel::Fused => EmbeddingSum::new(ids, types, self.pad_id)?.forward(tables),
+            Kernel::FusedForwardOnly => {
+                let op = EmbeddingSum::new(ids, types, self.pad_id)?;
+                tables.0.apply_op3_no_bwd(tables.1, tables.2, &op)
+            }
+            _ => embedding::composed(tables, ids, types, self.pad_id),
+        }
+    }
 }
 
 impl SelfAttention {

@@ -69,6 +69,9 @@ pub struct RunPlan {
     pub residual_norm: Kernel,
     /// The attention core: the fused CPU kernel (`qa_kernels::attention`), else composed.
     pub attention: Kernel,
+    /// The embedding sum (word + position + token type): fused on the CPU
+    /// (`qa_kernels::embedding`), else composed.
+    pub embeddings: Kernel,
     /// Gradients, optimizer moments and a step's loss live on the host (read at once), not
     /// on the device (read only when logged, so the host never waits on a GPU).
     pub host: bool,
@@ -97,6 +100,7 @@ impl RunPlan {
             gelu: cpu_op,
             residual_norm: cpu_op,
             attention: cpu_op,
+            embeddings: cpu_op,
             host: cpu,
         }
     }
