@@ -177,10 +177,9 @@ impl AttentionCore {
 
     /// The context for `qkv` (differentiable: the probabilities are kept for backward).
     pub fn forward(&self, qkv: &Tensor) -> Result<Tensor> {
-        let op = AttentionCore {
-            keep_probabilities: true,
-            ..self.clone()
-        };
+        let mut op =
+            AttentionCore::new(self.heads, self.mask.clone(), self.dropout, self.precision);
+        op.keep_probabilities = true;
         qkv.contiguous()?.apply_op1(op)
     }
 
@@ -237,13 +236,12 @@ impl AttentionCore {
             self.matmul((l, l, d), probs, l, q, k.t());
             let probs = std::slice::from_raw_parts_mut(probs, l * l);
             self.probabilities(g, unit, probs);
-            let dropped = match self.fill_multipliers(g, unit, multipliers) {
-                true => {
-                    pack_bits(multipliers, kept);
-                    vmath::mul_in_place(multipliers, probs);
-                    &*multipliers
-                }
-                false => probs,
+            let dropped = if self.fill_multipliers(g, unit, multipliers) {
+                pack_bits(multipliers, kept);
+                vmath::mul_in_place(multipliers, probs);
+                &*multipliers
+            } else {
+                probs
             };
             let dst = out.0.add(g.context_offset(unit));
             self.matmul((l, d, l), dst, g.hidden, Mat::rows(dropped.as_ptr(), l), v);
@@ -268,10 +266,12 @@ impl CustomOp1 for AttentionCore {
         };
         let mut kept = vec![0u64; g.units() * words];
         let area = g.len * g.len;
-        let mut probabilities = Vec::with_capacity(match self.keep_probabilities {
-            true => g.units() * area,
-            false => 0,
-        });
+        let kept_len = if self.keep_probabilities {
+            g.units() * area
+        } else {
+            0
+        };
+        let mut probabilities = Vec::with_capacity(kept_len);
         let kept_probs = self
             .keep_probabilities
             .then_some(DisjointWrites(probabilities.as_mut_ptr()));
@@ -280,10 +280,12 @@ impl CustomOp1 for AttentionCore {
         let context = unsafe {
             written_by(g.batch * g.len * g.hidden, |context| {
                 let out = DisjointWrites(context);
+                // The multipliers, and the probabilities where they are not kept.
+                let scratch_maps = if kept_probs.is_some() { 1 } else { 2 };
                 kept.par_chunks_mut(words).enumerate().for_each_init(
-                    || vec![0f32; 2 * area],
+                    || vec![0f32; scratch_maps * area],
                     |scratch, unit| {
-                        let (own, multipliers) = scratch.split_at_mut(area);
+                        let (multipliers, own) = scratch.split_at_mut(area);
                         let probs = match kept_probs {
                             Some(all) => all.0.add(unit.0 * area),
                             None => own.as_mut_ptr(),
@@ -295,7 +297,7 @@ impl CustomOp1 for AttentionCore {
         };
         if self.keep_probabilities {
             // SAFETY: the units wrote every element (above).
-            unsafe { probabilities.set_len(g.units() * area) };
+            unsafe { probabilities.set_len(kept_len) };
             let _ = self.probabilities.set(probabilities);
         }
         if self.dropout.is_some() {
@@ -488,19 +490,18 @@ mod tests {
             first_row: 0,
             layout: MaskLayout::Rows,
         };
-        let op = AttentionCore::new(
-            heads,
-            vec![0.0; b * l].into(),
-            Some(dropout),
-            Precision::F32,
-        );
-        let kept = op.forward(qkv.as_tensor()).unwrap();
-        let recomputed = qkv.as_tensor().apply_op1(op.clone()).unwrap();
-        assert!(!op.keep_probabilities);
-        let grad = |y: &Tensor| flat(probe_grads(y, &probe).get(qkv.as_tensor()).unwrap());
-        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(flat(&kept)), bits(flat(&recomputed)));
-        assert_eq!(bits(grad(&kept)), bits(grad(&recomputed)));
+        let mask: Arc<[f32]> = (0..b * l)
+            .map(|i| if i < l - 2 { 0.0 } else { f32::MIN })
+            .collect();
+        for dropout in [None, Some(dropout)] {
+            let op = AttentionCore::new(heads, mask.clone(), dropout, Precision::F32);
+            let kept = op.forward(qkv.as_tensor()).unwrap();
+            let recomputed = qkv.as_tensor().apply_op1(op.clone()).unwrap();
+            let grad = |y: &Tensor| flat(probe_grads(y, &probe).get(qkv.as_tensor()).unwrap());
+            let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(flat(&kept)), bits(flat(&recomputed)), "{dropout:?}");
+            assert_eq!(bits(grad(&kept)), bits(grad(&recomputed)), "{dropout:?}");
+        }
     }
 
     /// A finite-difference check of the QKV gradient without dropout.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, par_filled, zeroed};
+use crate::cpu::{contiguous_f32, last_dim, par_filled, zeroed};
 
 /// Table rows per parallel task of the backward pass.
 const TASK_ROWS: usize = 256;
@@ -54,6 +54,7 @@ pub struct EmbeddingSum {
     /// Token ids and token type ids, `[batch * len]`.
     pub ids: Arc<[u32]>,
     pub type_ids: Arc<[u32]>,
+    pub batch: usize,
     /// Tokens per row; token t of a row takes position t.
     pub len: usize,
     /// The word id whose row gets no gradient (HF's `padding_idx`).
@@ -63,11 +64,19 @@ pub struct EmbeddingSum {
 impl EmbeddingSum {
     /// The op for u32 `[batch, len]` ids and type ids (read to the host once).
     pub fn new(ids: &Tensor, type_ids: &Tensor, pad_id: u32) -> Result<Self> {
-        let (_, len) = ids.dims2()?;
+        let (batch, len) = ids.dims2()?;
+        if type_ids.dims() != ids.dims() {
+            candle_core::bail!(
+                "embeddings: token types {:?} for token ids {:?}",
+                type_ids.dims(),
+                ids.dims()
+            );
+        }
         let host = |t: &Tensor| -> Result<Arc<[u32]>> { Ok(t.flatten_all()?.to_vec1()?.into()) };
         Ok(EmbeddingSum {
             ids: host(ids)?,
             type_ids: host(type_ids)?,
+            batch,
             len,
             pad_id,
         })
@@ -81,8 +90,16 @@ impl EmbeddingSum {
         word.apply_op3(position, token_type, self.clone())
     }
 
-    /// Every id inside its table (as `index_select` checks), the positions inside theirs.
-    fn check(&self, (words, positions, types): (usize, usize, usize)) -> Result<()> {
+    /// The tables' width and rows, once each is checked to be `[rows, hidden]` with one
+    /// `hidden` > 0, every id inside its table (as `index_select` checks) and the positions
+    /// inside theirs.
+    fn check(&self, tables: [&Layout; 3]) -> Result<(usize, [usize; 3])> {
+        let dims = tables.map(|l| l.shape().dims().to_vec());
+        let hidden = dims[0].get(1).copied().unwrap_or(0);
+        if hidden == 0 || dims.iter().any(|d| d.len() != 2 || d[1] != hidden) {
+            candle_core::bail!("embeddings: tables {dims:?} are not [rows, hidden] of one hidden");
+        }
+        let [words, positions, types] = dims.map(|d| d[0]);
         let outside = |ids: &[u32], rows: usize| ids.iter().find(|&&i| i as usize >= rows).copied();
         if let Some(id) = outside(&self.ids, words) {
             candle_core::bail!("embeddings: token id {id} outside the {words}-row word table");
@@ -93,7 +110,7 @@ impl EmbeddingSum {
         if self.len > positions {
             candle_core::bail!("embeddings: {} tokens, {positions} positions", self.len);
         }
-        Ok(())
+        Ok((hidden, [words, positions, types]))
     }
 }
 
@@ -114,9 +131,7 @@ impl CustomOp3 for EmbeddingSum {
         let word = contiguous_f32(s1, l1, self.name())?;
         let position = contiguous_f32(s2, l2, self.name())?;
         let token_type = contiguous_f32(s3, l3, self.name())?;
-        let hidden = l1.shape().dims2()?.1;
-        let rows = |t: &[f32]| t.len() / hidden;
-        self.check((rows(word), rows(position), rows(token_type)))?;
+        let (hidden, _) = self.check([l1, l2, l3])?;
         let y = par_filled(self.ids.len() * hidden, hidden, |r, out| {
             let token = r.start / hidden;
             let w = &word[self.ids[token] as usize * hidden..][..hidden];
@@ -126,7 +141,7 @@ impl CustomOp3 for EmbeddingSum {
                 out[j] = (w[j] + p[j]) + t[j];
             }
         });
-        let shape = Shape::from((self.ids.len() / self.len.max(1), self.len, hidden));
+        let shape = Shape::from((self.batch, self.len, hidden));
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -143,11 +158,11 @@ impl CustomOp3 for EmbeddingSum {
             rows: [word.dim(0)?, position.dim(0)?, token_type.dim(0)?],
         };
         let packed = grad.contiguous()?.apply_op1_no_bwd(&grad_op)?;
-        let [w, p, _] = grad_op.rows;
+        let [w, p, t] = grad_op.rows;
         Ok((
             Some(packed.narrow(0, 0, w)?),
             Some(packed.narrow(0, w, p)?),
-            Some(packed.narrow(0, w + p, grad_op.rows[2])?),
+            Some(packed.narrow(0, w + p, t)?),
         ))
     }
 }
@@ -204,7 +219,7 @@ impl CustomOp1 for EmbeddingSumGrad<'_> {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let grad = contiguous_f32(s, l, self.name())?;
-        let hidden = l.shape().dims().last().copied().unwrap_or(1);
+        let hidden = last_dim(l);
         let total: usize = self.rows.iter().sum();
         // Tasks never straddle two tables: each table's rows split on their own.
         let mut tasks = Vec::new();
@@ -297,9 +312,7 @@ mod tests {
                 r.get(var.as_tensor()).unwrap(),
             );
             assert_eq!(ga.dims(), gr.dims(), "{name}");
-            // The padding row: +0 here, where the composed path may add -0 (g * 0).
-            let abs = |t: &Tensor| bits(&t.abs().unwrap());
-            assert_eq!(abs(ga), abs(gr), "gradient of the {name} table");
+            assert_eq!(bits(ga), bits(gr), "gradient of the {name} table");
         }
         let pad_row = a.get(word.as_tensor()).unwrap().get(pad as usize).unwrap();
         assert!(
@@ -308,7 +321,8 @@ mod tests {
         );
     }
 
-    /// An id outside its table is an error naming it, not a read out of bounds.
+    /// An id outside its table, tables of different widths or token types not shaped as the
+    /// ids are errors naming them, not reads out of bounds.
     #[test]
     fn an_id_outside_the_table_is_an_error() {
         let dev = Device::Cpu;
@@ -320,5 +334,11 @@ mod tests {
         assert!(err.to_string().contains("token id 12"), "{err}");
         let err = op.forward((&table(20), &table(1), &table(2))).unwrap_err();
         assert!(err.to_string().contains("2 tokens, 1 positions"), "{err}");
+        let narrow = Tensor::zeros((4, 3), candle_core::DType::F32, &dev).unwrap();
+        let err = op.forward((&table(20), &narrow, &table(2))).unwrap_err();
+        assert!(err.to_string().contains("one hidden"), "{err}");
+        let short = Tensor::from_vec(vec![0u32], (1, 1), &dev).unwrap();
+        let err = EmbeddingSum::new(&ids, &short, 0).unwrap_err();
+        assert!(err.to_string().contains("token types"), "{err}");
     }
 }

@@ -327,6 +327,8 @@ impl CustomOp2 for ResidualNormGrad {
         let (dx, rest) = out.spare_capacity_mut()[..len].split_at_mut(rows * d);
         let (dh, partials) = rest.split_at_mut((input_grads - 1) * rows * d);
         let normed = &saved.normed;
+        // The zip below covers all of dx only if the saved rows match the gradient's.
+        assert_eq!((normed.len(), saved.rstd.len()), (g.len(), rows));
         dx.par_chunks_mut(d)
             .zip(g.par_chunks(d).zip(normed.par_chunks(d)))
             .zip(saved.rstd.par_iter())

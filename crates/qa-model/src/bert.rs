@@ -209,12 +209,10 @@ impl Embeddings {
     fn sum(&self, batch: &Batch) -> Result<Tensor> {
         let tables = (&self.word, &self.position, &self.token_type);
         let (ids, types) = (&batch.input_ids, &batch.token_type_ids);
+        let fused = || EmbeddingSum::new(ids, types, self.pad_id);
         match self.kernel {
-            Kernel::Fused => EmbeddingSum::new(ids, types, self.pad_id)?.forward(tables),
-            Kernel::FusedForwardOnly => {
-                let op = EmbeddingSum::new(ids, types, self.pad_id)?;
-                tables.0.apply_op3_no_bwd(tables.1, tables.2, &op)
-            }
+            Kernel::Fused => fused()?.forward(tables),
+            Kernel::FusedForwardOnly => tables.0.apply_op3_no_bwd(tables.1, tables.2, &fused()?),
             _ => embedding::composed(tables, ids, types, self.pad_id),
         }
     }
