@@ -82,6 +82,33 @@ pub fn par_filled(
     out
 }
 
+/// A buffer of consecutive `parts` (element ranges from 0, each starting where the last
+/// ended) that `fill(part, values)` computes in parallel, each part zeroed by its own task
+/// first (as in `par_filled`).
+pub fn par_filled_parts(
+    parts: &[Range<usize>],
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let len = parts.last().map_or(0, |p| p.end);
+    let mut out = Vec::with_capacity(len);
+    let mut rest = &mut out.spare_capacity_mut()[..len];
+    let mut chunks = Vec::with_capacity(parts.len());
+    let mut at = 0;
+    for part in parts {
+        assert_eq!(part.start, at, "parts must follow each other");
+        let (chunk, tail) = rest.split_at_mut(part.len());
+        chunks.push(chunk);
+        (rest, at) = (tail, part.end);
+    }
+    chunks
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, values)| fill(i, zeroed(values)));
+    // SAFETY: the parts cover the `len` elements and `zeroed` initialised each of them.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// A tensor's values on the host, in order. A contiguous f32 CPU tensor is copied by parallel
 /// tasks: a step's gradients are 91 MB for MiniLM, which `to_vec1` copies on one thread while
 /// the other core idles.

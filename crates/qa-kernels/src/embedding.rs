@@ -9,14 +9,12 @@
 //! output rows and backward one parallel pass over the three tables' gradient rows, each
 //! summing its tokens' gradients in token order, as the index add does (bit-identical).
 
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
-use crate::cpu::{contiguous_f32, last_dim, par_filled, zeroed};
+use crate::cpu::{contiguous_f32, last_dim, par_filled, par_filled_parts};
 
 /// Table rows per parallel task of the backward pass.
 const TASK_ROWS: usize = 256;
@@ -232,20 +230,13 @@ impl CustomOp1 for EmbeddingSumGrad<'_> {
             );
             start += rows;
         }
-        let mut out = Vec::with_capacity(total * hidden);
-        let mut chunks: Vec<&mut [MaybeUninit<f32>]> = Vec::with_capacity(tasks.len());
-        let mut rest = &mut out.spare_capacity_mut()[..total * hidden];
-        for rows in &tasks {
-            let (chunk, tail) = rest.split_at_mut(rows.len() * hidden);
-            chunks.push(chunk);
-            rest = tail;
-        }
-        chunks
-            .into_par_iter()
-            .zip(tasks)
-            .for_each(|(chunk, rows)| self.table_rows(grad, rows, zeroed(chunk)));
-        // SAFETY: the tasks' chunks cover all the rows, each initialised (`zeroed`).
-        unsafe { out.set_len(total * hidden) };
+        let parts: Vec<_> = tasks
+            .iter()
+            .map(|r| r.start * hidden..r.end * hidden)
+            .collect();
+        let out = par_filled_parts(&parts, |i, values| {
+            self.table_rows(grad, tasks[i].clone(), values)
+        });
         Ok((CpuStorage::F32(out), Shape::from((total, hidden))))
     }
 }
