@@ -312,6 +312,54 @@ mod tests {
         );
     }
 
+    /// A finite-difference check of all three tables' gradients (no padding ids: the padding
+    /// row's gradient is blocked on purpose, so differences would disagree there).
+    #[test]
+    fn embedding_sum_gradient_matches_finite_differences() {
+        use crate::testing::{assert_finite_differences, flat};
+        let dev = Device::Cpu;
+        let (batch, len, hidden, rows) = (2, 3, 2, [5, 4, 2]);
+        let ids = Tensor::from_vec(vec![1u32, 4, 1, 2, 3, 4], (batch, len), &dev).unwrap();
+        let types = Tensor::from_vec(vec![0u32, 1, 1, 0, 0, 1], (batch, len), &dev).unwrap();
+        let op = EmbeddingSum::new(&ids, &types, 0).unwrap();
+        let probe = Tensor::from_vec(
+            values(batch * len * hidden, 1.1),
+            (batch, len, hidden),
+            &dev,
+        );
+        let probe = probe.unwrap();
+        let sizes = rows.map(|r| r * hidden);
+        let tables = |v: &[f32]| -> [Tensor; 3] {
+            let (w, rest) = v.split_at(sizes[0]);
+            let (p, t) = rest.split_at(sizes[1]);
+            [(w, rows[0]), (p, rows[1]), (t, rows[2])]
+                .map(|(x, r)| Tensor::from_vec(x.to_vec(), (r, hidden), &dev).unwrap())
+        };
+        let loss = |v: &[f32]| -> f32 {
+            let [w, p, t] = tables(v);
+            let y = op.forward((&w, &p, &t)).unwrap();
+            (&y * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let x = values(sizes.iter().sum(), 0.6);
+        let vars = tables(&x).map(|t| Var::from_tensor(&t).unwrap());
+        let y = op.forward((
+            vars[0].as_tensor(),
+            vars[1].as_tensor(),
+            vars[2].as_tensor(),
+        ));
+        let grads = probe_grads(&y.unwrap(), &probe);
+        let analytic: Vec<f32> = vars
+            .iter()
+            .flat_map(|v| flat(grads.get(v.as_tensor()).unwrap()))
+            .collect();
+        assert_finite_differences(loss, &x, &analytic, 1e-2, 1e-2);
+    }
+
     /// An id outside its table, tables of different widths or token types not shaped as the
     /// ids are errors naming them, not reads out of bounds.
     #[test]
