@@ -131,13 +131,19 @@ impl RunPlan {
     }
 
     /// The arithmetic of the attention's per-head products (`Q K^T`, `P V` and their
-    /// backward): f32 even under bf16, where only the dense layers' GEMMs take bf16 inputs.
-    /// Measured on 2 Zen 5 cores: bf16 there bought no training speed (7.3 against 7.2
-    /// features/s at 8 x 384: these products are small and their packing costs what the
-    /// halved multiplies save) and moved more answers (one f32 checkpoint evaluated on 1,000
-    /// dev questions: 98.6% of the predictions as in f32 with them in bf16, 99.2% in f32).
+    /// backward): the run's precision in training (bf16 there as PyTorch's autocast runs its
+    /// `bmm`s), f32 in inference, where only the dense layers' GEMMs take bf16 inputs.
+    /// - Training, 2 Zen 4 cores, bf16, medians of 3 alternating runs: 15.57 -> 16.03
+    ///   features/s at the default config (dynamic padding), 7.93 -> 8.36 padded to 384;
+    ///   the trained model's F1 in README (`scripts/bf16_quality.sh`).
+    /// - Inference: bf16 there moves more answers (one f32 checkpoint on 1,000 dev questions:
+    ///   98.6% of the predictions as in f32 with them in bf16, 99.2% with them in f32) and,
+    ///   measured on 2 Zen 5 cores, bought no speed.
     pub fn attention_precision(&self) -> Precision {
-        Precision::F32
+        match self.mode {
+            Mode::Train => self.precision(),
+            Mode::Inference => Precision::F32,
+        }
     }
 
     /// Whether this plan can run here: bf16 GEMMs are our CPU kernels, on a CPU with
@@ -182,6 +188,21 @@ mod tests {
         assert!(!train.fused_cuda_adamw(), "no GPU, no CUDA kernels");
         assert_eq!(train.precision(), Precision::F32, "f32 unless asked");
         assert!(train.check().is_ok());
+    }
+
+    #[test]
+    fn the_attention_takes_bf16_in_training_only() {
+        let options = RunOptions {
+            precision: Precision::Bf16,
+            ..RunOptions::default()
+        };
+        let train = RunPlan::new(Device::Cpu, Mode::Train, options);
+        assert_eq!(train.attention_precision(), Precision::Bf16);
+        let infer = train.with_mode(Mode::Inference);
+        assert_eq!(infer.attention_precision(), Precision::F32);
+        assert_eq!(infer.precision(), Precision::Bf16, "the dense layers stay bf16");
+        let f32_train = RunPlan::cpu_train();
+        assert_eq!(f32_train.attention_precision(), Precision::F32);
     }
 
     #[test]
