@@ -200,7 +200,11 @@ mod tests {
         assert_eq!(train.attention_precision(), Precision::Bf16);
         let infer = train.with_mode(Mode::Inference);
         assert_eq!(infer.attention_precision(), Precision::F32);
-        assert_eq!(infer.precision(), Precision::Bf16, "the dense layers stay bf16");
+        assert_eq!(
+            infer.precision(),
+            Precision::Bf16,
+            "the dense layers stay bf16"
+        );
         let f32_train = RunPlan::cpu_train();
         assert_eq!(f32_train.attention_precision(), Precision::F32);
     }
