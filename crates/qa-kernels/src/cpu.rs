@@ -132,7 +132,10 @@ pub fn par_copied(data: &[f32]) -> Vec<f32> {
         .par_chunks_mut(CHUNK)
         .zip(data.par_chunks(CHUNK))
         .for_each(|(dst, src)| {
-            dst.write_copy_of_slice(src);
+            // SAFETY: `dst` and `src` are chunks of the same length of two distinct buffers.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len())
+            }
         });
     // SAFETY: the chunks cover the `len` elements and each was written from `data`.
     unsafe { out.set_len(data.len()) };
