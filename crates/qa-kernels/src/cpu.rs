@@ -126,7 +126,7 @@ pub fn host_values(t: &Tensor) -> Result<Vec<f32>> {
 
 /// A copy of `data` made by parallel tasks, each writing its chunk once (no zero-fill first:
 /// a pass over a step's 91 MB of gradients).
-pub fn par_copied(data: &[f32]) -> Vec<f32> {
+fn par_copied(data: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(data.len());
     out.spare_capacity_mut()[..data.len()]
         .par_chunks_mut(CHUNK)
