@@ -135,8 +135,9 @@ impl RunPlan {
     /// `bmm`s), f32 in inference, where only the dense layers' GEMMs take bf16 inputs.
     /// - Training, 2 Zen 4 cores, bf16, medians of 3 alternating runs: 15.57 -> 16.03
     ///   features/s at the default config (dynamic padding), 7.93 -> 8.36 padded to 384;
-    ///   the full epoch (short features) 76.4 -> 73.4 minutes, one run each. F1 +0.20 on the
-    ///   10k check (README, `scripts/bf16_quality.sh`).
+    ///   the full epoch (short features) 76.4 -> 73.4 minutes, one run each, together with
+    ///   `cpu::host_values`'s parallel copy. F1 +0.20 on the 10k check (README,
+    ///   `scripts/bf16_quality.sh`).
     /// - Inference: bf16 there moves more answers (one f32 checkpoint on 1,000 dev questions:
     ///   98.6% of the predictions as in f32 with them in bf16, 99.2% with them in f32) and,
     ///   measured on 2 Zen 5 cores, bought no speed.
